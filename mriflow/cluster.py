@@ -1,0 +1,45 @@
+"""Dask clients for mriflow: an embedded local cluster by default, or an existing scheduler.
+
+The embedded cluster listens on 127.0.0.1 only — scheduler, workers and dashboard — since
+``distributed.LocalCluster()`` on its own serves its dashboard on every interface. A remote
+scheduler is named by argument or by the ``MRIFLOW_SCHEDULER`` environment variable; secure
+it with TLS through ``distributed.security.Security`` (see cluster/README.md).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+__all__ = ["SCHEDULER_ENV", "get_client"]
+
+SCHEDULER_ENV = "MRIFLOW_SCHEDULER"
+
+
+def get_client(
+    address: str | None = None,
+    *,
+    n_workers: int | None = None,
+    threads_per_worker: int | None = None,
+    memory_limit: str | float | None = "auto",
+    processes: bool = True,
+    dashboard: bool = True,
+    **cluster_kwargs: Any,
+) -> Any:
+    """A ``distributed.Client``: to ``address`` (or ``$MRIFLOW_SCHEDULER``) if given, else
+    to a new loopback-only ``LocalCluster`` sized to this machine."""
+    from distributed import Client, LocalCluster
+
+    address = address or os.environ.get(SCHEDULER_ENV)
+    if address:
+        return Client(address)
+    cluster = LocalCluster(
+        host="127.0.0.1",
+        n_workers=n_workers,
+        threads_per_worker=threads_per_worker,
+        memory_limit=memory_limit,
+        processes=processes,
+        dashboard_address="127.0.0.1:0" if dashboard else None,
+        **cluster_kwargs,
+    )
+    return Client(cluster)

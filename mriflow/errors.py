@@ -1,0 +1,47 @@
+"""The exceptions mriflow raises for problems a user can cause.
+
+Every message starts with the file (or config key) it is about, says what is wrong in plain
+words, and suggests a fix where one is known. Each class also derives from the built-in
+exception a Python user would try first (``ValueError``, ``OSError``, ...), so existing
+``except`` clauses keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CorruptDataError",
+    "GeometryError",
+    "ImageFormatError",
+    "ImageHeaderError",
+    "MissingFileError",
+    "MriflowError",
+    "SidecarError",
+]
+
+
+class MriflowError(Exception):
+    """Base class of every error mriflow raises on bad input."""
+
+
+class MissingFileError(MriflowError, FileNotFoundError):
+    """A path that should exist does not."""
+
+
+class ImageFormatError(MriflowError, ValueError):
+    """The path is not an image format mriflow can read (unknown extension, a directory, ...)."""
+
+
+class ImageHeaderError(MriflowError, ValueError):
+    """The image header is unreadable or describes an impossible image."""
+
+
+class CorruptDataError(MriflowError, OSError):
+    """Pixel data is missing, truncated, or the compressed stream is damaged."""
+
+
+class GeometryError(MriflowError, ValueError):
+    """The voxel-to-world geometry is unusable (non-finite or singular affine, irregular axes)."""
+
+
+class SidecarError(MriflowError, ValueError):
+    """A sidecar file (BIDS JSON, FSL .bval/.bvec) is malformed or does not match the image."""
