@@ -4,6 +4,7 @@ Images are lazy, dask-backed ``xarray.DataArray`` objects with labelled axes and
 voxel-to-world affine; the ``.mri`` accessor carries the spatial semantics.
 """
 
+from mriflow import data
 from mriflow import image as _image  # noqa: F401  (registers the ``.mri`` accessor)
 from mriflow._version import __version__
 from mriflow.errors import (
@@ -27,6 +28,7 @@ __all__ = [
     "MriflowError",
     "SidecarError",
     "__version__",
+    "data",
     "from_array",
     "open_image",
     "to_nifti",

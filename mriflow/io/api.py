@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import xarray as xr
+from dask.base import tokenize
 
 from mriflow.errors import ImageFormatError, MissingFileError
 from mriflow.image.model import from_array
-from mriflow.io.nifti import NIFTI_SUFFIXES, nifti_suffix
+from mriflow.io.nifti import NIFTI_SUFFIXES, auto_chunks, nifti_suffix, open_nifti
 
 __all__ = ["open_image"]
 
@@ -50,13 +51,10 @@ def open_image(
             f"{path}: not a file type mriflow reads; expected one of {', '.join(NIFTI_SUFFIXES)}"
             + (" (a directory was given)" if path.is_dir() else "")
         )
-    from mriflow.io.backend import MriflowBackendEntrypoint
-
-    xr_chunks = {} if chunks == "auto" else chunks
-    return xr.open_dataarray(
-        path,
-        engine=MriflowBackendEntrypoint,
-        chunks=xr_chunks,
-        kind=kind,
-        modality=modality,
-    )
+    image = open_nifti(path, kind=kind, modality=modality)
+    if chunks is None:
+        return image
+    if chunks == "auto":
+        chunks = auto_chunks(image.shape, image.dims, image.dtype.itemsize)
+    token = tokenize(image.encoding["token"], kind, modality, chunks)
+    return image.chunk(chunks, name_prefix=f"open_image-{image.name}-", token=token)

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import threading
 import zlib
 from collections import Counter
@@ -227,16 +228,16 @@ def _load_header(path: Path) -> Any:
             f"{', '.join(NIFTI_SUFFIXES)} (NIfTI-1/2, NIfTI pairs, Analyze)"
         )
     try:
-        if path.name.lower().endswith(".gz"):
-            with path.open("rb") as stream:
-                if stream.read(2) != _GZIP_MAGIC:
-                    raise CorruptDataError(f"{path}: named .gz but is not a gzip file")
+        _check_raw_header(path)
         return nib.load(path)
     except MriflowError:
         raise
     except FileNotFoundError as exc:
         raise MissingFileError(f"{path}: a file of this image is missing ({exc})") from exc
     except (ImageFileError, HeaderDataError) as exc:
+        damage = _gzip_damage(path) if path.name.lower().endswith(".gz") else None
+        if damage:
+            raise CorruptDataError(f"{path}: damaged gzip stream ({damage})") from exc
         raise ImageHeaderError(f"{path}: not a valid NIfTI/Analyze header ({exc})") from exc
     except (OSError, EOFError, zlib.error) as exc:
         raise CorruptDataError(f"{path}: cannot read the header ({exc})") from exc
@@ -244,6 +245,62 @@ def _load_header(path: Path) -> Any:
         raise ImageHeaderError(
             f"{path}: cannot read the header ({type(exc).__name__}: {exc})"
         ) from exc
+
+
+def _check_raw_header(path: Path) -> None:
+    """Check ``sizeof_hdr`` and ``dim[0]`` as written, before nibabel interprets them.
+
+    nibabel silently "fixes" a wrong ``sizeof_hdr`` and takes an out-of-range ``dim[0]`` as a
+    sign of the other byte order; both really mean a damaged header or a file that is not
+    NIfTI/Analyze, so mriflow refuses them with the reason.
+    """
+    name = path.name.lower()
+    header_path = path
+    if name.endswith(".img"):
+        header_path = path.with_name(path.name[: -len(".img")] + ".hdr")
+    elif name.endswith(".img.gz"):
+        header_path = path.with_name(path.name[: -len(".img.gz")] + ".hdr.gz")
+    if not header_path.exists():
+        return  # nibabel names the missing header
+    with header_path.open("rb") as stream:
+        if name.endswith(".gz"):
+            if stream.read(2) != _GZIP_MAGIC:
+                raise CorruptDataError(f"{header_path}: named .gz but is not a gzip file")
+            stream.seek(0)
+            try:
+                with gzip.GzipFile(fileobj=stream) as inflated:
+                    start = inflated.read(48)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise CorruptDataError(f"{header_path}: damaged gzip stream ({exc})") from exc
+        else:
+            start = stream.read(48)
+    if len(start) < 48:
+        raise ImageHeaderError(f"{header_path}: too short to hold a NIfTI/Analyze header")
+    for order in ("<", ">"):
+        (sizeof_hdr,) = struct.unpack_from(order + "i", start, 0)
+        if sizeof_hdr in (348, 540):
+            break
+    else:
+        raise ImageHeaderError(
+            f"{header_path}: sizeof_hdr is {struct.unpack_from('<i', start, 0)[0]}, not 348 "
+            "(NIfTI-1/Analyze) or 540 (NIfTI-2); the file is not a NIfTI/Analyze image or its "
+            "header is damaged"
+        )
+    (ndim,) = struct.unpack_from(
+        order + ("h" if sizeof_hdr == 348 else "q"), start, 40 if sizeof_hdr == 348 else 16
+    )
+    if not 1 <= ndim <= 7:
+        raise ImageHeaderError(f"{header_path}: dim[0] is {ndim}; NIfTI allows 1 to 7 dimensions")
+
+
+def _gzip_damage(path: Path, limit: int = 1 << 20) -> str | None:
+    """Why the first ``limit`` bytes of a gzip stream do not inflate, or None if they do."""
+    try:
+        with gzip.open(path, "rb") as stream:
+            stream.read(limit)
+    except (OSError, EOFError, zlib.error) as exc:
+        return str(exc)
+    return None
 
 
 def _check_dims(path: Path, header: Any) -> tuple[int, ...]:
@@ -390,6 +447,8 @@ def open_nifti(
         raise ImageHeaderError(f"{path}: cannot interpret the header ({exc})") from exc
     if not (np.isfinite(slope) and np.isfinite(inter)):
         raise ImageHeaderError(f"{path}: scl_slope/scl_inter are not finite ({slope}, {inter})")
+    if not data_path.is_file():
+        raise MissingFileError(f"{data_path}: the pixel file of {path.name} is missing")
     stat = data_path.stat()
     layout = _Layout(
         path=str(data_path.resolve()),
@@ -434,8 +493,9 @@ def open_nifti(
         "scl_inter": inter,
         "sform_code": int(header["sform_code"]) if "sform_code" in header else 0,
         "qform_code": int(header["qform_code"]) if "qform_code" in header else 0,
-        "preferred_chunks": auto_chunks(shape, dims, array.dtype.itemsize),
         "source": str(path),
+        # what names the pixels: a deterministic dask token for this file's contents
+        "token": (layout, slope, inter),
     }
     variable = xr.Variable(dims, indexing.LazilyIndexedArray(array), encoding=encoding)
     return make_image(

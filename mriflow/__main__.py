@@ -1,0 +1,5 @@
+"""``python -m mriflow`` runs the ``mriflow`` command."""
+
+from mriflow.cli import run
+
+run()

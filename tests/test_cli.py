@@ -1,0 +1,76 @@
+"""The mriflow command: exit codes, info output, and the demo end to end."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from mriflow.cli import main
+
+
+def test_info_prints_geometry(nibabel_data, capsys):
+    assert main(["info", str(nibabel_data / "example4d.nii.gz")]) == 0
+    out = capsys.readouterr().out
+    assert "i=128, j=96, k=24, t=2" in out
+    assert "LAS" in out
+    assert "int16" in out
+
+
+def test_bad_input_exits_1_with_one_line(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "nope.nii.gz")]) == 1
+    err = capsys.readouterr().err
+    assert "nope.nii.gz" in err
+    assert "Traceback" not in err
+
+
+def test_usage_error_exits_2(capsys):
+    assert main(["info"]) == 2
+    assert main(["no-such-command"]) == 2
+
+
+def test_console_script_is_installed(nibabel_data):
+    script = Path(sys.executable).parent / "mriflow"  # installed next to this interpreter
+    assert script.exists() or shutil.which("mriflow")
+    result = subprocess.run(
+        [
+            str(script if script.exists() else shutil.which("mriflow")),
+            "info",
+            str(nibabel_data / "anatomical.nii"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "anatomical" in result.stdout
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    assert main(["--quiet", "demo", str(tmp_path), "--workers", "1"]) == 0
+    adc = nib.load(tmp_path / "adc_RAS.nii.gz")
+    assert nib.aff2axcodes(adc.affine) == ("R", "A", "S")
+    labels = nib.as_closest_canonical(nib.load(tmp_path / "sub-01_dseg.nii.gz")).get_fdata()
+    values = adc.get_fdata()
+    csf, wm = values[labels == 3].mean(), values[labels == 2].mean()
+    # phantom truth: CSF is free water (3e-3 mm^2/s), white matter far slower
+    assert 2.0e-3 < csf < 3.3e-3
+    assert 0.4e-3 < wm < 1.0e-3
+    assert np.all(values[labels == 0] == 0)
+
+
+def test_python_dash_m(nibabel_data):
+    result = subprocess.run(
+        [sys.executable, "-m", "mriflow", "info", str(nibabel_data / "anatomical.nii")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "LAS" in result.stdout or "RAS" in result.stdout
