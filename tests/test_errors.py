@@ -159,3 +159,46 @@ def test_invalid_json_sidecar(tmp_path):
     paths["json"].write_text('{"RepetitionTime": 3.2,')
     with pytest.raises(SidecarError, match=r"sub-01_dwi\.json.*invalid JSON"):
         mriflow.open_image(paths["dwi"])
+
+
+@pytest.fixture
+def incompressible(tmp_path: Path) -> bytes:
+    """An 8 MiB .nii.gz whose end lies far beyond what opening inflates."""
+    data = np.random.default_rng(5).normal(size=(64, 64, 64, 8)).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "noise.nii.gz")
+    return (tmp_path / "noise.nii.gz").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("damage", "when"),
+    [
+        ("crc", "compute"),
+        ("isize", "open"),
+        ("trailing garbage", "open"),
+        ("stored block bit flip", "compute"),
+    ],
+)
+def test_gzip_integrity_is_checked_on_a_full_pass(tmp_path, incompressible, damage, when):
+    raw = bytearray(incompressible)
+    if damage == "crc":
+        raw[-8] ^= 0xFF
+    elif damage == "isize":
+        struct.pack_into(
+            "<I", raw, len(raw) - 4, struct.unpack_from("<I", raw, len(raw) - 4)[0] + 8
+        )
+    elif damage == "trailing garbage":
+        raw += b"\x00garbage"
+    else:  # deflate "stored" blocks carry no check of their own: only the CRC sees the flip
+        import gzip
+
+        plain = gzip.decompress(bytes(raw))
+        raw = bytearray(gzip.compress(plain, compresslevel=0, mtime=0))
+        raw[len(raw) // 2] ^= 0x01
+    path = write(tmp_path / "damaged.nii.gz", bytes(raw))
+    if when == "open":
+        open_fails(path, CorruptDataError)
+        return
+    for chunks in ("auto", {"t": 2}):  # whole-time slabs, then volumes in file order
+        image = mriflow.open_image(path, chunks=chunks)  # the header is intact
+        with pytest.raises(CorruptDataError, match=r"damaged\.nii\.gz"):
+            image.sum().compute()

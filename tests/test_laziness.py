@@ -30,10 +30,11 @@ def sparse_nifti(path, shape, dtype=np.float32):
 def test_opening_a_multi_gigabyte_file_reads_no_pixels(tmp_path):
     path = sparse_nifti(tmp_path / "big.nii", (256, 256, 180, 64))  # 3.0 GB
     assert path.stat().st_size > 3e9
+    mriflow.open_image(sparse_nifti(tmp_path / "small.nii", (2, 2, 2, 2)))  # warm the imports
     started = time.perf_counter()
     image = mriflow.open_image(path)
     elapsed = time.perf_counter() - started
-    assert elapsed < 0.5, f"open took {elapsed:.3f} s"
+    assert elapsed < 0.25, f"open took {elapsed:.3f} s"  # ~10 ms on an idle 2-core machine
     assert bytes_read(path) == 0
     assert image.nbytes > 3e9
     assert image.chunks[3] == (64,)  # whole time axis per chunk
@@ -45,8 +46,7 @@ def test_opening_a_multi_gigabyte_file_reads_no_pixels(tmp_path):
 
 def covered(layout) -> int:
     """How far into the uncompressed stream the gzip index of this process reaches."""
-    handle, _ = _HANDLES.get(layout)
-    points = handle.seek_points()
+    points = _HANDLES.get(layout).file.seek_points()
     return max((int(u) for u, _ in points), default=0)
 
 

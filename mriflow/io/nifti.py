@@ -107,40 +107,80 @@ class _Layout:
         return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
 
 
-class _Handles:
-    """Open files of this process, shared by its threads (dask workers are thread pools)."""
+class _GzipStream:
+    """One process's ``indexed_gzip`` handle on a ``.nii.gz``, shared by its threads.
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._open: dict[tuple[int, _Layout], tuple[Any, threading.Lock]] = {}
+    Integrity: indexed_gzip checks the gzip CRC and length only when it inflates the stream
+    from the start in one pass (``build_full_index``), not when seeks build the index bit by
+    bit. So the first time a read needs the index to reach past a quarter of the stream, the
+    whole index is built in one validated pass: a read that touches every volume (whole-time
+    chunks) or the end of the file pays nothing extra, reads in file order pay at most a
+    quarter of a pass again, and a single chunk near the start still inflates only that far.
+    """
 
-    def get(self, layout: _Layout) -> tuple[Any, threading.Lock]:
-        key = (os.getpid(), layout)
-        with self._lock:
-            if key not in self._open:
-                self._open[key] = (self._open_file(layout), threading.Lock())
-            return self._open[key]
+    VALIDATE_PAST = 0.25
 
-    def drop(self, layout: _Layout) -> None:
-        with self._lock:
-            handle, _ = self._open.pop((os.getpid(), layout), (None, None))
-        if handle is not None and hasattr(handle, "close"):
-            with contextlib.suppress(Exception):
-                handle.close()
-
-    @staticmethod
-    def _open_file(layout: _Layout) -> Any:
+    def __init__(self, layout: _Layout) -> None:
         from indexed_gzip import IndexedGzipFile
 
         # Chunk reads are strided runs (one per volume), so every run pays the inflation from
         # the seek point before it: seek points every 1 MiB (default 4 MiB; each costs a 32 KiB
         # window of memory) and a 256 KiB read-ahead buffer (default 4 MiB) keep that small.
-        return IndexedGzipFile(
-            layout.path,
-            drop_handles=False,
-            spacing=_GZIP_SPACING,
-            buffer_size=_GZIP_READ_AHEAD,
+        self.file = IndexedGzipFile(
+            layout.path, drop_handles=False, spacing=_GZIP_SPACING, buffer_size=_GZIP_READ_AHEAD
         )
+        self.lock = threading.Lock()
+        self.total = layout.offset + layout.nbytes
+        self.reached = 0
+        self.validated = False
+
+    def prepare(self, end: int) -> None:
+        """Get ready to read up to byte ``end`` of the inflated stream."""
+        with self.lock:
+            if not self.validated and end > self.reached and end > self.VALIDATE_PAST * self.total:
+                self.file.build_full_index()  # raises on a CRC or length mismatch
+                self.validated = True
+            self.reached = max(self.reached, end)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.file.close()
+
+
+class _Handles:
+    """Open gzip streams of this process, one per file (dask workers are thread pools)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[tuple[int, _Layout], _GzipStream] = {}
+
+    def get(self, layout: _Layout) -> _GzipStream:
+        key = (os.getpid(), layout)
+        with self._lock:
+            if key not in self._open:
+                self._open[key] = _GzipStream(layout)
+            return self._open[key]
+
+    def drop(self, layout: _Layout) -> None:
+        with self._lock:
+            stream = self._open.pop((os.getpid(), layout), None)
+        if stream is not None:
+            stream.close()
+
+
+def _byte_extent(key: tuple[Any, ...], layout: _Layout) -> int:
+    """One past the last byte of the inflated stream that reading ``key`` touches."""
+    last = []
+    for index, size in zip(key, layout.shape, strict=True):
+        if isinstance(index, slice):
+            selected = range(*index.indices(size))
+            if not selected:
+                return 0
+            last.append(max(selected[0], selected[-1]))
+        else:
+            last.append(int(index) % size)
+    flat = int(np.ravel_multi_index(last, layout.shape, order=layout.order))  # type: ignore[arg-type]
+    return layout.offset + (flat + 1) * np.dtype(layout.dtype).itemsize
 
 
 _HANDLES = _Handles()
@@ -168,15 +208,16 @@ class NiftiArray(BackendArray):
         layout = self.layout
         try:
             if layout.gzipped:
-                handle, lock = _HANDLES.get(layout)
+                stream = _HANDLES.get(layout)
+                stream.prepare(_byte_extent(key, layout))
                 raw = fileslice(
-                    handle,
+                    stream.file,
                     key,
                     layout.shape,
                     np.dtype(layout.dtype),
                     layout.offset,
                     layout.order,
-                    lock=lock,
+                    lock=stream.lock,
                 )
             else:
                 raw = _read_mapped(layout, key)
@@ -354,12 +395,11 @@ def _check_length(path: Path, layout: _Layout) -> None:
     with data_path.open("rb") as stream:
         stream.seek(-4, os.SEEK_END)
         isize = int.from_bytes(stream.read(4), "little")
-    too_short = isize < needed if needed < 2**32 else isize != needed % 2**32
-    if too_short:
+    if isize != needed % 2**32:
         raise CorruptDataError(
             f"{data_path}: gzip trailer says the stream inflates to {isize} bytes (mod 2**32) "
-            f"but the header needs {needed}; the file is truncated or damaged "
-            "(multi-member gzip files must be recompressed as one stream)"
+            f"but the header describes {needed}; the file is truncated, has trailing bytes, "
+            "or is damaged (a multi-member gzip file must be recompressed as one stream)"
         )
 
 
