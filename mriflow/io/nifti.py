@@ -133,17 +133,22 @@ class _GzipStream:
         self.total = layout.offset + layout.nbytes
         self.reached = 0
         self.validated = False
+        self.closed = False
 
     def prepare(self, end: int) -> None:
         """Get ready to read up to byte ``end`` of the inflated stream."""
         with self.lock:
+            if self.closed:
+                raise OSError("the file was closed after an earlier read error")
             if not self.validated and end > self.reached and end > self.VALIDATE_PAST * self.total:
                 self.file.build_full_index()  # raises on a CRC or length mismatch
                 self.validated = True
             self.reached = max(self.reached, end)
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
+        # under the lock: another thread may be inflating through this handle right now
+        with self.lock, contextlib.suppress(Exception):
+            self.closed = True
             self.file.close()
 
 
