@@ -14,6 +14,7 @@ from mriflow.errors import (
     ImageHeaderError,
     MissingFileError,
     MriflowError,
+    MriflowWarning,
     SidecarError,
 )
 from mriflow.image import from_array
@@ -26,6 +27,7 @@ __all__ = [
     "ImageHeaderError",
     "MissingFileError",
     "MriflowError",
+    "MriflowWarning",
     "SidecarError",
     "__version__",
     "data",

@@ -15,6 +15,7 @@ __all__ = [
     "ImageHeaderError",
     "MissingFileError",
     "MriflowError",
+    "MriflowWarning",
     "SidecarError",
 ]
 
@@ -45,3 +46,7 @@ class GeometryError(MriflowError, ValueError):
 
 class SidecarError(MriflowError, ValueError):
     """A sidecar file (BIDS JSON, FSL .bval/.bvec) is malformed or does not match the image."""
+
+
+class MriflowWarning(UserWarning):
+    """Input mriflow accepts with a documented, safe interpretation, but the user should know."""

@@ -39,3 +39,14 @@ def oblique_4d(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
     path = tmp_path / "oblique_bold.nii.gz"
     nib.save(img, path)
     return path, raw * 0.5 + 10.0, affine
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the malformed-input corpus table when the corpus ran."""
+    import sys
+
+    module = sys.modules.get("test_corpus") or sys.modules.get("tests.test_corpus")
+    table = module.corpus_table() if module else ""
+    if table:
+        terminalreporter.write_sep("-", "malformed inputs")
+        terminalreporter.write_line(table)

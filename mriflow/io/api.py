@@ -57,4 +57,6 @@ def open_image(
     if chunks == "auto":
         chunks = auto_chunks(image.shape, image.dims, image.dtype.itemsize)
     token = tokenize(image.encoding["token"], kind, modality, chunks)
-    return image.chunk(chunks, name_prefix=f"open_image-{image.name}-", token=token)
+    chunked = image.chunk(chunks, name_prefix=f"open_image-{image.name}-", token=token)
+    # coordinates (gradient tables, times) are small: keep them in memory, not in dask
+    return chunked.assign_coords({name: image.coords[name] for name in image.coords})

@@ -20,6 +20,7 @@ import re
 import shutil
 import struct
 import threading
+import warnings
 import zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -34,10 +35,12 @@ from xarray.core import indexing
 from mriflow._version import __version__
 from mriflow.errors import (
     CorruptDataError,
+    GeometryError,
     ImageFormatError,
     ImageHeaderError,
     MissingFileError,
     MriflowError,
+    MriflowWarning,
     SidecarError,
 )
 from mriflow.image.affine import SPATIAL_DIMS, check_affine, voxel_sizes
@@ -298,8 +301,9 @@ def _load_header(path: Path) -> Any:
             f"{', '.join(NIFTI_SUFFIXES)} (NIfTI-1/2, NIfTI pairs, Analyze)"
         )
     try:
-        _check_raw_header(path)
-        return nib.load(path)
+        raw_block = _check_raw_header(path)
+        image = nib.load(path)
+        return image, _unfixed_header(image, raw_block)
     except MriflowError:
         raise
     except FileNotFoundError as exc:
@@ -317,7 +321,7 @@ def _load_header(path: Path) -> Any:
         ) from exc
 
 
-def _check_raw_header(path: Path) -> None:
+def _check_raw_header(path: Path) -> bytes | None:
     """Check ``sizeof_hdr`` and ``dim[0]`` as written, before nibabel interprets them.
 
     nibabel silently "fixes" a wrong ``sizeof_hdr`` and takes an out-of-range ``dim[0]`` as a
@@ -331,7 +335,7 @@ def _check_raw_header(path: Path) -> None:
     elif name.endswith(".img.gz"):
         header_path = path.with_name(path.name[: -len(".img.gz")] + ".hdr.gz")
     if not header_path.exists():
-        return  # nibabel names the missing header
+        return None  # nibabel names the missing header
     with header_path.open("rb") as stream:
         if name.endswith(".gz"):
             if stream.read(2) != _GZIP_MAGIC:
@@ -339,11 +343,11 @@ def _check_raw_header(path: Path) -> None:
             stream.seek(0)
             try:
                 with gzip.GzipFile(fileobj=stream) as inflated:
-                    start = inflated.read(48)
+                    start = inflated.read(540)
             except (OSError, EOFError, zlib.error) as exc:
                 raise CorruptDataError(f"{header_path}: damaged gzip stream ({exc})") from exc
         else:
-            start = stream.read(48)
+            start = stream.read(540)
     if len(start) < 48:
         raise ImageHeaderError(f"{header_path}: too short to hold a NIfTI/Analyze header")
     for order in ("<", ">"):
@@ -361,6 +365,16 @@ def _check_raw_header(path: Path) -> None:
     )
     if not 1 <= ndim <= 7:
         raise ImageHeaderError(f"{header_path}: dim[0] is {ndim}; NIfTI allows 1 to 7 dimensions")
+    return start[:sizeof_hdr]
+
+
+def _unfixed_header(image: Any, block: bytes | None) -> Any:
+    """The header as written: nibabel's loader silently repairs some fields (zero pixdims,
+    low vox_offset), and the repairs hide damage mriflow reports."""
+    header = image.header
+    if block is None or len(block) != header.sizeof_hdr:
+        return header
+    return type(header)(block, endianness=header.endianness, check=False)
 
 
 def _gzip_damage(path: Path, limit: int = 1 << 20) -> str | None:
@@ -382,6 +396,54 @@ def _check_dims(path: Path, header: Any) -> tuple[int, ...]:
     if any(n < 1 for n in shape):
         raise ImageHeaderError(f"{path}: impossible dimensions {shape}; every size must be >= 1")
     return shape
+
+
+def _checked_scaling(path: Path, written: Any, slope: float, inter: float) -> tuple[float, float]:
+    """The scaling to apply. ``scl_slope`` 0 (the NIfTI standard) and NaN (what nibabel
+    writes) mean unscaled. An infinite slope is damage: the pixels are read unscaled with a
+    warning. A non-finite intercept next to a real slope cannot be read safely."""
+    raw_slope = float(written["scl_slope"]) if "scl_slope" in written else slope
+    if np.isinf(raw_slope) or np.isinf(slope):
+        slope = raw_slope if np.isinf(raw_slope) else slope
+        warnings.warn(
+            f"{path}: scl_slope is {slope}; reading the pixels unscaled (as for scl_slope 0 "
+            "or NaN)",
+            MriflowWarning,
+            stacklevel=4,
+        )
+        return 1.0, 0.0
+    if not (np.isfinite(slope) and np.isfinite(inter)):
+        raise ImageHeaderError(f"{path}: scl_slope/scl_inter are not finite ({slope}, {inter})")
+    return slope, inter
+
+
+def _check_voxel_sizes(path: Path, written: Any) -> None:
+    """When the affine comes from pixdim (qform, or no sform/qform at all), zero or
+    non-finite voxel sizes make it singular; nibabel quietly replaces them by 1."""
+    sform = int(written["sform_code"]) if "sform_code" in written else 0
+    if sform > 0:
+        return
+    sizes = np.asarray(written["pixdim"][1:4], dtype=np.float64)
+    ndim = int(written["dim"][0])
+    used = sizes[: min(ndim, 3)]
+    if not np.all(np.isfinite(used)) or np.any(used == 0):
+        raise GeometryError(
+            f"{path}: voxel sizes (pixdim) are {tuple(float(v) for v in used)}; with no sform "
+            "they define the affine, which would be singular"
+        )
+
+
+def _check_offset(path: Path, image: Any, proxy: Any) -> None:
+    """Pixels of a single-file NIfTI cannot start inside its header."""
+    header = image.header
+    if not getattr(header, "is_single", False):
+        return
+    minimum = header.single_vox_offset
+    if int(proxy.offset) < minimum:
+        raise ImageHeaderError(
+            f"{path}: vox_offset is {int(proxy.offset)}, inside the {minimum}-byte header; "
+            "the pixels would include header bytes"
+        )
 
 
 def _check_length(path: Path, layout: _Layout) -> None:
@@ -501,7 +563,7 @@ def open_nifti(
 ) -> xr.DataArray:
     """Open a NIfTI/Analyze file as a lazy image (not yet dask-chunked; see ``open_image``)."""
     path = Path(path).expanduser()
-    image = _load_header(path)
+    image, written = _load_header(path)
     header = image.header
     shape = _check_dims(path, header)
     proxy = image.dataobj
@@ -514,8 +576,14 @@ def open_nifti(
         raise
     except Exception as exc:
         raise ImageHeaderError(f"{path}: cannot interpret the header ({exc})") from exc
-    if not (np.isfinite(slope) and np.isfinite(inter)):
-        raise ImageHeaderError(f"{path}: scl_slope/scl_inter are not finite ({slope}, {inter})")
+    if raw_dtype.fields is not None:
+        raise ImageFormatError(
+            f"{path}: RGB/RGBA pixels (datatype {int(header['datatype'])}) are not supported "
+            "yet; store colour maps with a separate channel axis"
+        )
+    slope, inter = _checked_scaling(path, written, slope, inter)
+    _check_voxel_sizes(path, written)
+    _check_offset(path, image, proxy)
     if not data_path.is_file():
         raise MissingFileError(f"{data_path}: the pixel file of {path.name} is missing")
     stat = data_path.stat()
