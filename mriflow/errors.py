@@ -16,6 +16,10 @@ __all__ = [
     "MissingFileError",
     "MriflowError",
     "SidecarError",
+    "BidsError",
+    "AcquisitionError",
+    "MissingTimingError",
+    "MetadataWarning",
 ]
 
 
@@ -45,3 +49,19 @@ class GeometryError(MriflowError, ValueError):
 
 class SidecarError(MriflowError, ValueError):
     """A sidecar file (BIDS JSON, FSL .bval/.bvec) is malformed or does not match the image."""
+
+
+class BidsError(MriflowError, ValueError):
+    """A BIDS dataset does not hold what was asked (no match, several matches, ambiguity)."""
+
+
+class AcquisitionError(MriflowError, ValueError):
+    """An acquisition parameter is missing or impossible for the modality (e.g. ASL fields)."""
+
+
+class MissingTimingError(AcquisitionError):
+    """A 4D time series gives no way to time its volumes (no RepetitionTime/VolumeTiming)."""
+
+
+class MetadataWarning(UserWarning):
+    """Metadata was accepted from a non-standard place (e.g. b-values in a JSON sidecar)."""
