@@ -183,12 +183,6 @@ def _choice(*choices: str) -> Callable[[Any, str, str], str]:
     return convert
 
 
-def _text(value: Any, key: str, where: str) -> str:
-    if not isinstance(value, str):
-        raise AcquisitionError(f"{where}: {key} must be a string, got {value!r}")
-    return value
-
-
 def _bvalues(value: Any, key: str, where: str) -> list[float]:
     values = np.atleast_1d(np.asarray(value, dtype=object)).ravel().tolist()
     out = [_number(v, key, where, low=0.0, high=1e5, unit="s/mm²") for v in values]
@@ -785,7 +779,7 @@ def _with_axes(
 ) -> Any:
     extra = [d for d in image.dims if d not in ("i", "j", "k")]
     fourth = extra[0] if extra else None
-    image = image.copy()  # shallow: lazy data is shared, attrs and coords are not
+    image = image.copy(deep=False)  # data shared; attrs and coords are the copy's own
     if modality in (Modality.DWI, Modality.IVIM):
         return _diffusion_axis(image, resolved, fourth)
     if modality in (Modality.DCE, Modality.DSC):
@@ -794,16 +788,24 @@ def _with_axes(
         timing = getattr(resolved, "volume_timing", None)
         if timing is None:
             raise missing_timing(where)
-        if fourth != "t":
-            image = (
-                image.swap_dims({fourth: "t"})
-                if fourth in image.coords
-                else image.rename({fourth: "t"})
-            )
-        return image.assign_coords(t=("t", np.asarray(timing, dtype=np.float64)))
+        times = np.asarray(timing, dtype=np.float64)
+        image = _rename_axis(image, fourth, "t").assign_coords(t=("t", times))
+        if len(times) > 1 and len(image.attrs.get("zooms", ())) > 3:
+            zooms = list(image.attrs["zooms"])
+            zooms[3] = float(np.median(np.diff(times)))
+            image.attrs["zooms"] = tuple(zooms)
+        return image
     if modality is Modality.ASL:
         return _asl_axis(image, resolved, fourth, path, where)
     return image
+
+
+def _rename_axis(image: Any, old: str, new: str) -> Any:
+    """Rename axis ``old`` to ``new``, dropping the coordinates that lay along ``old``."""
+    if old == new:
+        return image
+    along = [name for name, coord in image.coords.items() if old in coord.dims]
+    return image.drop_vars(along).rename({old: new})
 
 
 def _diffusion_axis(image: Any, resolved: Acquisition, fourth: str | None) -> Any:
@@ -817,8 +819,7 @@ def _diffusion_axis(image: Any, resolved: Acquisition, fourth: str | None) -> An
         return image
     n = int(image.sizes[fourth])
     bvecs = np.asarray(resolved.bvectors if resolved.bvectors else np.zeros((n, 3)))
-    if fourth != "volume":
-        image = image.drop_vars([fourth], errors="ignore").rename({fourth: "volume"})
+    image = _rename_axis(image, fourth, "volume")
     coords = gradient_coords(
         np.asarray(resolved.bvalues, dtype=np.float64), bvecs_to_world(bvecs, image.mri.affine)
     )
@@ -832,23 +833,23 @@ def _asl_axis(
 
     assert isinstance(resolved, AslAcquisition)
     n = int(image.sizes[fourth]) if fourth else 1
-    context = bids.read_aslcontext(bids.aslcontext_path(path), n) if path else None
+    context_path = bids.aslcontext_path(path) if path is not None else None
+    context = bids.read_aslcontext(context_path, n) if context_path is not None else None
     if context is None:
         raise SidecarError(
-            f"{bids.aslcontext_path(path) if path else where}: not found; a BIDS ASL series "
-            "needs an *_aslcontext.tsv with one volume_type per volume"
+            f"{context_path or where}: not found; a BIDS ASL series needs an "
+            "*_aslcontext.tsv with one volume_type per volume"
         )
     if resolved.m0_type == "Included" and "m0scan" not in context:
         raise AcquisitionError(
-            f"{where}: M0Type is Included but {bids.aslcontext_path(path).name} lists no "
+            f"{where}: M0Type is Included but {Path(str(context_path)).name} lists no "
             "m0scan volume; use M0Type Separate with an *_m0scan file, or list the M0 volumes"
         )
     if fourth is None:
         return image
     if resolved.volume_timing is None:
         raise missing_timing(where)
-    if fourth != "volume":
-        image = image.drop_vars([fourth], errors="ignore").rename({fourth: "volume"})
+    image = _rename_axis(image, fourth, "volume")
     coords: dict[str, Any] = {
         "volume_type": ("volume", np.asarray(context, dtype=object).astype(str)),
         "acquisition_time": ("volume", np.asarray(resolved.volume_timing, dtype=np.float64)),
@@ -883,7 +884,7 @@ def header_layer(path: Path | None) -> MetadataLayer:
         return MetadataLayer("header", {})
     import nibabel as nib
 
-    header = nib.load(path).header
+    header: Any = nib.load(path).header
     zooms = header.get_zooms()
     units = header.get_xyzt_units()[1] if hasattr(header, "get_xyzt_units") else "unknown"
     if len(zooms) < 4 or units not in _TIME_UNIT_SECONDS or not zooms[3] > 0:

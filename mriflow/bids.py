@@ -18,7 +18,6 @@ resolved (see :mod:`mriflow.acquisition`)::
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import os
 import re
@@ -46,6 +45,7 @@ __all__ = [
     "load_bids_with_m0",
     "parse_name",
     "read_aslcontext",
+    "read_json",
     "sessions",
     "sibling",
     "sidecar_chain",
@@ -294,15 +294,14 @@ def dataset_root(path: str | os.PathLike[str]) -> Path | None:
     return subject_parent
 
 
-@functools.lru_cache(maxsize=4096)
-def _json_names(folder: str, _mtime_ns: int) -> tuple[tuple[str, dict[str, str], str], ...]:
+def _json_names(folder: Path) -> list[tuple[str, dict[str, str], str]]:
     out = []
-    for entry in _scandir(Path(folder)):
+    for entry in _scandir(folder):
         if entry.name.endswith(".json"):
             parsed = parse_name(entry.name)
             if parsed is not None and parsed[2] == ".json":
                 out.append((entry.name, parsed[0], parsed[1]))
-    return tuple(out)
+    return out
 
 
 def sidecar_chain(path: str | os.PathLike[str]) -> list[Path]:
@@ -322,13 +321,9 @@ def sidecar_chain(path: str | os.PathLike[str]) -> list[Path]:
     levels = [folder, *[p for p in folder.parents if p.is_relative_to(root)]]
     chain: list[Path] = []
     for level in reversed(levels):
-        try:
-            mtime = level.stat().st_mtime_ns
-        except FileNotFoundError:
-            continue
         applicable = [
             level / name
-            for name, json_entities, json_suffix in _json_names(str(level), mtime)
+            for name, json_entities, json_suffix in _json_names(level)
             if json_suffix == suffix and all(entities.get(k) == v for k, v in json_entities.items())
         ]
         if len(applicable) > 1:
@@ -341,8 +336,8 @@ def sidecar_chain(path: str | os.PathLike[str]) -> list[Path]:
     return chain
 
 
-@functools.lru_cache(maxsize=4096)
-def _read_json(path: str, _signature: tuple[int, int]) -> dict[str, Any]:
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The object of a JSON sidecar; invalid JSON or a non-object is a SidecarError."""
     try:
         content = json.loads(Path(path).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -352,12 +347,6 @@ def _read_json(path: str, _signature: tuple[int, int]) -> dict[str, Any]:
             f"{path}: a JSON sidecar must hold an object, got {type(content).__name__}"
         )
     return content
-
-
-def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A JSON sidecar's object (cached by path, size and mtime; returns a fresh copy)."""
-    stat = Path(path).stat()
-    return dict(_read_json(str(path), (stat.st_size, stat.st_mtime_ns)))
 
 
 def inherited_sidecar(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -507,7 +496,7 @@ def load_asl_context(
     session = None if session is None else _label(session, "ses")
     image = _one_image(folder, subject, session, "perf", "asl", entities)
     context_path = aslcontext_path(image.path)
-    shape = nib.load(image.path).shape
+    shape = nib.load(image.path).header.get_data_shape()  # type: ignore[attr-defined]
     context = read_aslcontext(context_path, shape[3] if len(shape) > 3 else 1)
     if context is None:
         raise MissingFileError(
