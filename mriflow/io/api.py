@@ -45,21 +45,15 @@ def open_image(
     :func:`mriflow.acquisition.attach_acquisition`. Other ``modality`` strings are only
     recorded in ``attrs["modality"]``.
     """
-    image = _open(source, chunks=chunks, kind=kind, modality=modality, affine=affine, dims=dims)
     from mriflow.acquisition import Modality, attach_acquisition
 
     if modality is not None and str(modality).lower() in {m.value for m in Modality}:
+        image = open_image(source, chunks=chunks, kind=kind, affine=affine, dims=dims)
         return attach_acquisition(image, modality, acquisition=acquisition)
     if acquisition is not None:
         raise ValueError(
             f"acquisition= needs a modality, one of {', '.join(m.value for m in Modality)}"
         )
-    return image
-
-
-def _open(
-    source: Any, *, chunks: Any, kind: str | None, modality: str | None, affine: Any, dims: Any
-) -> xr.DataArray:
     if not isinstance(source, str | os.PathLike):
         if affine is None:
             raise TypeError("open_image(array) needs the voxel-to-world affine: affine=...")
