@@ -156,10 +156,14 @@ def _label(value: str, key: str) -> str:
 # --- walking ----------------------------------------------------------------------------------
 
 
+def _entry_name(entry: os.DirEntry[str]) -> str:
+    return entry.name
+
+
 def _scandir(folder: Path) -> list[os.DirEntry[str]]:
     try:
         with os.scandir(folder) as entries:
-            return sorted(entries, key=lambda e: e.name)
+            return sorted(entries, key=_entry_name)
     except FileNotFoundError:
         return []
 
@@ -295,12 +299,16 @@ def dataset_root(path: str | os.PathLike[str]) -> Path | None:
 
 
 def _json_names(folder: Path) -> list[tuple[str, dict[str, str], str]]:
+    """``(name, entities, suffix)`` of the JSON files directly in ``folder``, sorted."""
+    try:
+        names = sorted(name for name in os.listdir(folder) if name.endswith(".json"))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
     out = []
-    for entry in _scandir(folder):
-        if entry.name.endswith(".json"):
-            parsed = parse_name(entry.name)
-            if parsed is not None and parsed[2] == ".json":
-                out.append((entry.name, parsed[0], parsed[1]))
+    for name in names:
+        parsed = parse_name(name)
+        if parsed is not None and parsed[2] == ".json" and (folder / name).is_file():
+            out.append((name, parsed[0], parsed[1]))
     return out
 
 
