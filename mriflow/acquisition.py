@@ -241,7 +241,8 @@ class Acquisition:
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON-ready dict: ``{"modality": ..., name: {value, unit, source, origin}}``.
 
-        Parameters that no layer gave (value ``None``) are left out.
+        Parameters that no layer gave (value ``None``) are left out. Time series also get
+        ``temporal_resolution`` (s), derived from ``volume_timing``.
         """
         out: dict[str, Any] = {"modality": self.modality.value}
         for spec in self.parameters():
@@ -254,6 +255,15 @@ class Acquisition:
                 "unit": spec.metadata["unit"],
                 "source": level,
                 "origin": origin,
+            }
+        resolution = getattr(self, "temporal_resolution", None)
+        if resolution is not None:
+            level, origin = self.provenance.get("volume_timing", ("", ""))
+            out["temporal_resolution"] = {
+                "value": resolution,
+                "unit": "s",
+                "source": level,
+                "origin": f"median volume interval, from {origin}",
             }
         return out
 

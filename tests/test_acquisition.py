@@ -66,6 +66,8 @@ def test_dce_time_axis_from_repetition_time(tmp_path):
     assert acquisition["repetition_time"]["value"] == 0.005
     assert acquisition["repetition_time"]["unit"] == "s"
     assert acquisition["volume_timing"]["value"] == [0.0, 4.0, 8.0, 12.0, 16.0, 20.0]
+    assert acquisition["temporal_resolution"]["value"] == 4.0
+    assert acquisition["temporal_resolution"]["source"] == "sidecar"
     assert acquisition["flip_angle"] == {
         "value": 15.0,
         "unit": "deg",
@@ -285,3 +287,13 @@ def _run_cli(main, argv):
     finally:
         cli.console.file, cli.console.width = original, width
     return code, stream.getvalue()
+
+
+def test_a_dicom_reader_can_pass_per_volume_b_values():
+    bare = mriflow.from_array(np.zeros((*SHAPE, 4), np.float32), AFFINE)
+    layer = MetadataLayer("dicom", {"bValues": [0, 500, 1000, 1000]}, origin="DICOM series")
+    dwi = attach_acquisition(bare, "dwi", dicom=[layer])
+    assert dwi.dims == ("i", "j", "k", "volume")
+    np.testing.assert_array_equal(dwi.mri.bvals, [0, 500, 1000, 1000])
+    assert dwi.attrs["acquisition"]["bvalues"]["source"] == "dicom"
+    assert dwi.attrs["acquisition"]["bvalues"]["origin"] == "DICOM series"
