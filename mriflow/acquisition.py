@@ -601,6 +601,21 @@ def _check_lengths(
             values[name] = value[0]
 
 
+def _check_bolus_cut_off(values: Mapping[str, Any], where: str) -> None:
+    """Q2TIPS gives two delay times (start and end of the saturation train), QUIPSS one."""
+    technique = values.get("bolus_cut_off_technique")
+    delay = values.get("bolus_cut_off_delay_time")
+    if technique is None or delay is None:
+        return
+    count = len(delay) if isinstance(delay, list) else 1
+    expected = 2 if technique == "Q2TIPS" else 1
+    if count != expected:
+        raise AcquisitionError(
+            f"{where}: ASL PASL {technique} needs {expected} BolusCutOffDelayTime "
+            f"value{'s' if expected > 1 else ''} (s), got {delay!r}"
+        )
+
+
 def _check_required(modality: Modality, values: Mapping[str, Any], where: str) -> None:
     def need(name: str, key: str, why: str) -> None:
         if values.get(name) is None:
@@ -625,6 +640,7 @@ def _check_required(modality: Modality, values: Mapping[str, Any], where: str) -
                     "BolusCutOffDelayTime",
                     "ASL PASL with bolus cut-off",
                 )
+            _check_bolus_cut_off(values, where)
         if values["m0_type"] == "Estimate":
             need("m0_estimate", "M0Estimate", "ASL with M0Type Estimate")
     elif modality is Modality.DCE:

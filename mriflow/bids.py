@@ -22,7 +22,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,6 @@ class BidsFile:
     suffix: str
     extension: str
     datatype: str = ""
-    _key: tuple[Any, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def subject(self) -> str | None:
@@ -226,15 +225,20 @@ def index(
     return found
 
 
-def _matches(value: str | None, wanted: Any) -> bool:
+#: Entities whose values are indices (``run-01`` is run 1); the others are labels.
+_INDEX_ENTITIES = frozenset({"run", "echo", "flip", "inv", "chunk", "split"})
+
+
+def _matches(value: str | None, wanted: Any, *, numeric: bool = False) -> bool:
     if wanted is None:
         return True
     options = [wanted] if isinstance(wanted, str | int) else list(wanted)
     for option in options:
         option = str(option)
-        if value == option or (
-            value is not None and value.isdigit() and option.isdigit() and int(value) == int(option)
-        ):
+        if value == option:
+            return True
+        digits = numeric and value is not None and value.isdigit() and option.isdigit()
+        if digits and int(str(value)) == int(option):
             return True
     return False
 
@@ -273,7 +277,10 @@ def find(
         and _matches(f.datatype, datatype)
         and _matches(f.suffix, suffix)
         and _matches(f.extension, wanted_extensions)
-        and all(_matches(f.entities.get(k), v) for k, v in entities.items())
+        and all(
+            _matches(f.entities.get(k), v, numeric=k in _INDEX_ENTITIES)
+            for k, v in entities.items()
+        )
     ]
 
 

@@ -111,6 +111,7 @@ def test_subjects_sessions_and_find(multi):
     assert pre[0].session == "pre"
     assert pre[0].subject == "02"
     assert bids.find(multi, subject=["01", "02"], datatype="anat") == []
+    assert bids.find(multi, subject="1") == []  # labels are not numbers: sub-1 is not sub-01
 
 
 def test_load_bids_dwi_attaches_gradients_lazily(tmp_path):
@@ -345,6 +346,22 @@ def test_required_asl_fields_per_labeling_type(tmp_path, labeling, drop, message
     with pytest.raises(AcquisitionError, match=rf"sub-01_asl\.json: {message}") as caught:
         mriflow.load_bids(root, "01", modality="asl")
     assert str(caught.value).startswith(str(root / "sub-01" / "perf" / "sub-01_asl.json"))
+
+
+@pytest.mark.parametrize(
+    ("technique", "delay", "message"),
+    [
+        ("Q2TIPS", 0.7, r"PASL Q2TIPS needs 2 BolusCutOffDelayTime values \(s\), got 0\.7"),
+        ("QUIPSSII", [0.7, 1.6], "PASL QUIPSSII needs 1 BolusCutOffDelayTime value"),
+    ],
+)
+def test_bolus_cut_off_delay_times_follow_the_technique(tmp_path, technique, delay, message):
+    root = dataset(tmp_path / "ds")
+    sidecar = {**PASL, "M0Type": "Absent", "BolusCutOffTechnique": technique}
+    sidecar["BolusCutOffDelayTime"] = delay
+    _asl(root / "sub-01" / "perf", "sub-01", ["control", "label"], sidecar)
+    with pytest.raises(AcquisitionError, match=message):
+        mriflow.load_bids(root, "01", modality="asl")
 
 
 def test_m0_estimate_needs_its_value(tmp_path):
