@@ -549,40 +549,48 @@ def load_bids_with_m0(
     if m0_type != "Separate":
         return asl, None
     asl_path = Path(asl.attrs["source"]["path"])
-    asl_entities = dict(asl.attrs["bids"])
-    for key in ("suffix", "datatype"):
-        asl_entities.pop(key)
+    m0_file = _separate_m0(root, asl_path, dict(asl.attrs["bids"]))
+    m0 = open_image(m0_file.path, chunks=chunks)
+    merged, _ = inherited_sidecar(m0_file.path)
+    if merged:
+        m0.attrs["sidecar"] = merged
+    m0.attrs["bids"] = {**m0_file.entities, "suffix": "m0scan", "datatype": "perf"}
+    return asl, m0
+
+
+def _separate_m0(
+    root: str | os.PathLike[str], asl_path: Path, asl_bids: dict[str, str]
+) -> BidsFile:
+    """The ``*_m0scan`` image of an ASL series: no entity may conflict with the series';
+    among several, the one with the same entities, then the one whose IntendedFor names it."""
+    asl_entities = {k: v for k, v in asl_bids.items() if k not in ("suffix", "datatype")}
     candidates = [
         f
         for f in find(
             root,
-            subject=asl_entities.pop("sub"),
-            session=asl_entities.pop("ses", None),
+            subject=asl_entities["sub"],
+            session=asl_entities.get("ses"),
             datatype="perf",
             suffix="m0scan",
             extension=list(_IMAGE_EXTENSIONS),
         )
-        if all(f.entities.get(k) == v for k, v in asl_entities.items())
+        if all(f.entities.get(k, v) == v for k, v in asl_entities.items())
+        and all(asl_entities.get(k, v) == v for k, v in f.entities.items())
     ]
-    if len(candidates) > 1:  # prefer the same entities, then the one intended for the series
-        exact = [c for c in candidates if len(c.entities) == len(asl.attrs["bids"]) - 2]
-        candidates = exact or candidates
+    if len(candidates) > 1:
+        candidates = [c for c in candidates if dict(c.entities) == asl_entities] or candidates
     if len(candidates) > 1:
         candidates = [c for c in candidates if _intended_for(c.path, asl_path)] or candidates
     if not candidates:
+        stem = sibling(asl_path, "").name.removesuffix("_asl")
         raise MissingFileError(
-            f"{sibling(asl_path, '').with_name(sibling(asl_path, '').name[:-4] + '_m0scan.nii.gz')}"
-            f": M0Type is Separate in {sidecar_path(asl_path)} but no m0scan image was found"
+            f"{asl_path.with_name(stem + '_m0scan.nii.gz')}: not found, but M0Type is Separate "
+            f"in {sidecar_path(asl_path)}; add the M0 image or change M0Type"
         )
     if len(candidates) > 1:
         names = ", ".join(c.path.name for c in candidates)
         raise BidsError(f"{asl_path}: several m0scan images could belong to it ({names})")
-    m0 = open_image(candidates[0].path, chunks=chunks)
-    merged, _ = inherited_sidecar(candidates[0].path)
-    if merged:
-        m0.attrs["sidecar"] = merged
-    m0.attrs["bids"] = {**candidates[0].entities, "suffix": "m0scan", "datatype": "perf"}
-    return asl, m0
+    return candidates[0]
 
 
 def _intended_for(m0_path: Path, asl_path: Path) -> bool:

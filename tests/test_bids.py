@@ -253,8 +253,8 @@ def test_pasl_with_separate_m0(tmp_path):
     _asl(perf, "sub-01", ["label", "control"] * 3, PASL)
     m0_data = write_image(perf / "sub-01_m0scan.nii.gz", SHAPE, seed=5)
     write_json(perf / "sub-01_m0scan.json", {"IntendedFor": "perf/sub-01_asl.nii.gz"})
-    # an m0scan of another acquisition must not be taken
-    write_image(perf / "sub-01_acq-other_m0scan.nii.gz", SHAPE, seed=6)
+    # an m0scan with more entities is a candidate but the exact one is preferred
+    write_image(perf / "sub-01_dir-PA_m0scan.nii.gz", SHAPE, seed=6)
     asl, m0 = mriflow.load_bids_with_m0(root, "01")
     np.testing.assert_array_equal(m0.values, m0_data)
     assert m0.attrs["sidecar"]["IntendedFor"] == "perf/sub-01_asl.nii.gz"
@@ -266,6 +266,35 @@ def test_pasl_with_separate_m0(tmp_path):
     assert acquisition["labeling_efficiency"]["value"] == 0.98
     assert "labeling_duration" not in acquisition
     np.testing.assert_allclose(asl.acquisition_time.values, np.arange(6) * 3.5)
+
+
+def test_separate_m0_shared_by_runs_and_chosen_by_intended_for(tmp_path):
+    root = dataset(tmp_path / "ds")
+    perf = root / "sub-01" / "perf"
+    for run in ("1", "2"):
+        _asl(perf, f"sub-01_run-{run}", ["label", "control"], PASL)
+    shared = write_image(perf / "sub-01_m0scan.nii.gz", SHAPE, seed=3)
+    asl, m0 = mriflow.load_bids_with_m0(root, "01", run=2)
+    assert asl.attrs["bids"]["run"] == "2"
+    np.testing.assert_array_equal(m0.values, shared)
+    # two M0 scans of other phase-encoding directions: IntendedFor decides
+    (perf / "sub-01_m0scan.nii.gz").unlink()
+    for direction, target in (("AP", "run-1"), ("PA", "run-2")):
+        write_image(perf / f"sub-01_dir-{direction}_m0scan.nii.gz", SHAPE, seed=len(target))
+        write_json(
+            perf / f"sub-01_dir-{direction}_m0scan.json",
+            {"IntendedFor": [f"bids::sub-01/perf/sub-01_{target}_asl.nii.gz"]},
+        )
+    _, m0 = mriflow.load_bids_with_m0(root, "01", run=1)
+    assert m0.attrs["bids"]["dir"] == "AP"
+    # an m0scan of another acquisition never belongs to the series
+    for direction in ("AP", "PA"):
+        (perf / f"sub-01_dir-{direction}_m0scan.nii.gz").rename(
+            perf / f"sub-01_acq-other{direction}_m0scan.nii.gz"
+        )
+    _asl(perf, "sub-01_acq-main", ["label", "control"], PASL)
+    with pytest.raises(MissingFileError, match=r"sub-01_acq-main_m0scan\.nii\.gz: not found"):
+        mriflow.load_bids_with_m0(root, "01", acq="main")
 
 
 def test_multi_pld_is_a_coordinate_on_the_volume_axis(tmp_path):
@@ -396,7 +425,7 @@ def test_included_m0_must_be_listed_and_separate_m0_must_exist(tmp_path):
     with pytest.raises(AcquisitionError, match=r"M0Type is Included but sub-01_aslcontext\.tsv"):
         mriflow.load_bids(root, "01", modality="asl")
     write_json(perf / "sub-01_asl.json", {**PCASL, "M0Type": "Separate"})
-    with pytest.raises(MissingFileError, match=r"sub-01_m0scan\.nii\.gz: M0Type is Separate"):
+    with pytest.raises(MissingFileError, match=r"sub-01_m0scan\.nii\.gz: not found, but M0Type"):
         mriflow.load_bids_with_m0(root, "01")
 
 
