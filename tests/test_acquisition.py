@@ -258,35 +258,24 @@ def test_layers_speak_bids_names_and_resolution_is_json_ready():
         MetadataLayer("guess", {})
 
 
-def test_cli_shows_values_units_and_sources(tmp_path):
-    from mriflow.cli import main
-
-    path = _series(tmp_path, "x_dce", 3, DCE)
-    runner_output = _run_cli(main, ["acquisition", str(path), "--modality", "dce"])
-    assert runner_output[0] == 0
-    for text in ("repetition_time", "0.005", "flip_angle", "15.0", "deg", "sidecar"):
-        assert text in runner_output[1]
-    write_json(tmp_path / "x_dce.json", {"RepetitionTime": 4.0})
-    code, _ = _run_cli(main, ["acquisition", str(path), "-m", "dce"])
-    assert code == 1
-    assert _run_cli(main, ["acquisition", str(path), "-m", "pet"])[0] == 2
-
-
-def _run_cli(main, argv):
-    import contextlib
+def test_cli_shows_values_units_and_sources(tmp_path, monkeypatch, capsys):
     import io
+
+    from rich.console import Console
 
     from mriflow import cli
 
-    stream = io.StringIO()
-    original, width = cli.console.file, cli.console.width
-    cli.console.file, cli.console.width = stream, 240
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            code = main(argv)
-    finally:
-        cli.console.file, cli.console.width = original, width
-    return code, stream.getvalue()
+    path = _series(tmp_path, "x_dce", 3, DCE)
+    output = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(file=output, width=240, highlight=False))
+    assert cli.main(["acquisition", str(path), "--modality", "dce"]) == 0
+    shown = output.getvalue()
+    for text in ("repetition_time", "0.005", "flip_angle", "15.0", "deg", "sidecar", "x_dce.json"):
+        assert text in shown
+    write_json(tmp_path / "x_dce.json", {"RepetitionTime": 4.0})
+    assert cli.main(["acquisition", str(path), "-m", "dce"]) == 1
+    assert "DCE needs FlipAngle" in " ".join(capsys.readouterr().err.split())
+    assert cli.main(["acquisition", str(path), "-m", "pet"]) == 2
 
 
 def test_a_dicom_reader_can_pass_per_volume_b_values():
