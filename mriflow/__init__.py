@@ -4,15 +4,21 @@ Images are lazy, dask-backed ``xarray.DataArray`` objects with labelled axes and
 voxel-to-world affine; the ``.mri`` accessor carries the spatial semantics.
 """
 
-from mriflow import data
+from mriflow import bids, data
 from mriflow import image as _image  # noqa: F401  (registers the ``.mri`` accessor)
 from mriflow._version import __version__
+from mriflow.acquisition import Modality
+from mriflow.bids import load_asl_context, load_bids, load_bids_with_m0
 from mriflow.errors import (
+    AcquisitionError,
+    BidsError,
     CorruptDataError,
     GeometryError,
     ImageFormatError,
     ImageHeaderError,
+    MetadataWarning,
     MissingFileError,
+    MissingTimingError,
     MriflowError,
     MriflowWarning,
     SidecarError,
@@ -21,6 +27,15 @@ from mriflow.image import from_array
 from mriflow.io import open_image, to_nifti
 
 __all__ = [
+    "AcquisitionError",
+    "BidsError",
+    "MetadataWarning",
+    "MissingTimingError",
+    "Modality",
+    "bids",
+    "load_asl_context",
+    "load_bids",
+    "load_bids_with_m0",
     "CorruptDataError",
     "GeometryError",
     "ImageFormatError",

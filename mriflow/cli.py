@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mriflow._version import __version__
+from mriflow.acquisition import Modality
 from mriflow.errors import MriflowError
 
 app = typer.Typer(
@@ -157,6 +158,28 @@ def demo(
         _say(f"  {name:8s} {path}")
     _say(f"  mean ADC in white matter: {wm_adc * 1e3:.3f} x 10^-3 mm^2/s")
     _say(f"done in {time.perf_counter() - started:.1f} s")
+
+
+@app.command()
+@_reports_errors
+def acquisition(
+    path: Annotated[Path, typer.Argument(help="An image file with its BIDS sidecar(s).")],
+    modality: Annotated[Modality, typer.Option("--modality", "-m", help="The acquisition kind.")],
+) -> None:
+    """Acquisition parameters of an image: value, unit, and where each one came from."""
+    from mriflow.io import open_image
+
+    resolved = open_image(path, modality=modality.value).attrs["acquisition"]
+    table = Table(title=f"{path.name} ({modality.value})")
+    for column in ("parameter", "value", "unit", "source", "from"):
+        table.add_column(column)
+    for name, field in resolved.items():
+        if name == "modality":
+            continue
+        value = field["value"]
+        shown = f"{len(value)} values" if isinstance(value, list) and len(value) > 6 else value
+        table.add_row(name, str(shown), field["unit"], field["source"], field["origin"])
+    console.print(table)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,10 @@ __all__ = [
     "MriflowError",
     "MriflowWarning",
     "SidecarError",
+    "BidsError",
+    "AcquisitionError",
+    "MissingTimingError",
+    "MetadataWarning",
 ]
 
 
@@ -50,3 +54,19 @@ class SidecarError(MriflowError, ValueError):
 
 class MriflowWarning(UserWarning):
     """Input mriflow accepts with a documented, safe interpretation, but the user should know."""
+
+
+class BidsError(MriflowError, ValueError):
+    """A BIDS dataset does not hold what was asked (no match, several matches, ambiguity)."""
+
+
+class AcquisitionError(MriflowError, ValueError):
+    """An acquisition parameter is missing or impossible for the modality (e.g. ASL fields)."""
+
+
+class MissingTimingError(AcquisitionError):
+    """A 4D time series gives no way to time its volumes (no RepetitionTime/VolumeTiming)."""
+
+
+class MetadataWarning(MriflowWarning):
+    """Metadata was accepted from a non-standard place (e.g. b-values in a JSON sidecar)."""

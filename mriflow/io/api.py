@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ def open_image(
     modality: str | None = None,
     affine: Any = None,
     dims: Any = None,
+    acquisition: Mapping[str, Any] | None = None,
 ) -> xr.DataArray:
     """Open an image lazily as a dask-backed ``xarray.DataArray``.
 
@@ -36,7 +38,23 @@ def open_image(
     no dask) is honoured. ``kind`` is ``"scalar"`` or ``"label"``; left out, NIfTI label
     intent or an integer image named like a segmentation (``*_dseg``, ``*_mask``, ``aseg``)
     opens as ``"label"``.
+
+    ``modality`` (``"dwi"``, ``"ivim"``, ``"dce"``, ``"dsc"``, ``"asl"``, ``"anat"``) resolves
+    that modality's acquisition parameters into ``attrs["acquisition"]`` (explicit
+    ``acquisition`` values first, then the BIDS sidecars with inheritance, then defaults) and
+    sets its axis (``t`` times, ``volume`` gradients or ASL volume types); see
+    :func:`mriflow.acquisition.attach_acquisition`. Other ``modality`` strings are only
+    recorded in ``attrs["modality"]``.
     """
+    from mriflow.acquisition import Modality, attach_acquisition
+
+    if modality is not None and str(modality).lower() in {m.value for m in Modality}:
+        image = open_image(source, chunks=chunks, kind=kind, affine=affine, dims=dims)
+        return attach_acquisition(image, modality, acquisition=acquisition)
+    if acquisition is not None:
+        raise ValueError(
+            f"acquisition= needs a modality, one of {', '.join(m.value for m in Modality)}"
+        )
     if not isinstance(source, str | os.PathLike):
         if affine is None:
             raise TypeError("open_image(array) needs the voxel-to-world affine: affine=...")
