@@ -153,9 +153,13 @@ def demo(
             "adc": adc.mri.reorient("RAS").mri.to_nifti(out_dir / "adc_RAS.nii.gz"),
         }
         wm_adc = float(adc.where(open_image(paths["labels"]) == 2).mean().compute())
+        b0.mri.plot(output_path=out_dir / "mean_b0.png", title="mean b=0")
+        outputs["mean_b0.png"] = out_dir / "mean_b0.png"
+        adc.mri.plot(output_path=out_dir / "adc.png", cmap="magma", title="ADC (mm^2/s)")
+        outputs["adc.png"] = out_dir / "adc.png"
     _say("[bold]3. results[/]")
     for name, path in outputs.items():
-        _say(f"  {name:8s} {path}")
+        _say(f"  {name:12s} {path}")
     _say(f"  mean ADC in white matter: {wm_adc * 1e3:.3f} x 10^-3 mm^2/s")
     _say(f"done in {time.perf_counter() - started:.1f} s")
 

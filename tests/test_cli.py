@@ -62,6 +62,11 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert 2.0e-3 < csf < 3.3e-3
     assert 0.4e-3 < wm < 1.0e-3
     assert np.all(values[labels == 0] == 0)
+    from PIL import Image
+
+    for name in ("mean_b0.png", "adc.png"):
+        picture = np.asarray(Image.open(tmp_path / name).convert("L"), dtype=float)
+        assert picture.std() > 10, name
 
 
 def test_python_dash_m(nibabel_data):

@@ -198,6 +198,26 @@ class MriAccessor:
             )
         return np.asarray(self._obj.coords[name].values)
 
+    # --- pictures -------------------------------------------------------------------------
+
+    def plot(self, **kwargs: Any) -> Any:
+        """Three orthogonal slices in world mm; see :func:`mriflow.viz.plot`."""
+        from mriflow.viz import plot
+
+        return plot(self._obj, **kwargs)
+
+    def to_gif(self, output_path: str | os.PathLike[str], **kwargs: Any) -> Path:
+        """Animated slices or time series; see :func:`mriflow.viz.to_gif`."""
+        from mriflow.viz import to_gif
+
+        return to_gif(self._obj, output_path, **kwargs)
+
+    def view(self, **kwargs: Any) -> Any:
+        """Jupyter slice viewer computing only the visible slice; see :func:`mriflow.viz.view`."""
+        from mriflow.viz import view
+
+        return view(self._obj, **kwargs)
+
     # --- output ---------------------------------------------------------------------------
 
     def to_nifti(self, path: str | os.PathLike[str], **kwargs: Any) -> Path:
