@@ -4,10 +4,12 @@ Images are lazy, dask-backed ``xarray.DataArray`` objects with labelled axes and
 voxel-to-world affine; the ``.mri`` accessor carries the spatial semantics.
 """
 
+from mriflow import fit
 from mriflow import image as _image  # noqa: F401  (registers the ``.mri`` accessor)
 from mriflow._version import __version__
 from mriflow.errors import (
     CorruptDataError,
+    FitInputError,
     GeometryError,
     ImageFormatError,
     ImageHeaderError,
@@ -20,6 +22,7 @@ from mriflow.io import open_image, to_nifti
 
 __all__ = [
     "CorruptDataError",
+    "FitInputError",
     "GeometryError",
     "ImageFormatError",
     "ImageHeaderError",
@@ -27,6 +30,7 @@ __all__ = [
     "MriflowError",
     "SidecarError",
     "__version__",
+    "fit",
     "from_array",
     "open_image",
     "to_nifti",

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 __all__ = [
     "CorruptDataError",
+    "FitInputError",
     "GeometryError",
     "ImageFormatError",
     "ImageHeaderError",
+    "InvalidSignalWarning",
     "MissingFileError",
     "MriflowError",
     "SidecarError",
@@ -45,3 +47,11 @@ class GeometryError(MriflowError, ValueError):
 
 class SidecarError(MriflowError, ValueError):
     """A sidecar file (BIDS JSON, FSL .bval/.bvec) is malformed or does not match the image."""
+
+
+class FitInputError(MriflowError, ValueError):
+    """Input to a model fit is unusable: gradients, mask, model order or response."""
+
+
+class InvalidSignalWarning(RuntimeWarning):
+    """Some voxels hold NaN, infinite or negative signal; they fit to NaN (a count is given)."""
