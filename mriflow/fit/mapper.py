@@ -23,6 +23,7 @@ their count.
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -89,10 +90,34 @@ def align_mask(mask: Any, image: xr.DataArray, label: str) -> xr.DataArray | Non
     return xr.DataArray(data, dims=spatial, coords=coords).astype(bool)
 
 
+def _kernel_reference(kernel: Callable[..., int]) -> Any:
+    """``"module:name"`` for a module-level kernel, else the kernel itself.
+
+    Tasks carry the reference, not the dispatcher: a pickled numba dispatcher is rebuilt as
+    a new dispatcher in each worker process and compiles again there, while importing it by
+    name loads the module's dispatcher and its on-disk cache.
+    """
+    module, name = getattr(kernel, "__module__", None), getattr(kernel, "__name__", None)
+    if module and name:
+        try:
+            if getattr(importlib.import_module(module), name) is kernel:
+                return f"{module}:{name}"
+        except (ImportError, AttributeError):
+            pass
+    return kernel
+
+
+def _resolve_kernel(reference: Any) -> Callable[..., int]:
+    if isinstance(reference, str):
+        module, name = reference.split(":")
+        return getattr(importlib.import_module(module), name)
+    return reference
+
+
 def _fit_block(
     signal: np.ndarray,
     *maybe_mask: np.ndarray,
-    kernel: Callable[..., int],
+    kernel: Any,
     n_params: int,
     constants: tuple[Any, ...],
     fill: float,
@@ -110,7 +135,7 @@ def _fit_block(
         voxels = np.ascontiguousarray(flat, dtype=np.float64)
     if voxels.shape[0]:
         fitted = np.empty((voxels.shape[0], n_params), dtype=np.float64)
-        n_invalid = int(kernel(voxels, fitted, *constants))
+        n_invalid = int(_resolve_kernel(kernel)(voxels, fitted, *constants))
         if selected is None:
             out[:] = fitted
         else:
@@ -171,7 +196,7 @@ def map_voxels(
         output_dtypes=[np.float64],
         dask_gufunc_kwargs={"output_sizes": {param_dim: n_params}},
         kwargs={
-            "kernel": kernel,
+            "kernel": _kernel_reference(kernel),
             "n_params": n_params,
             "constants": tuple(constants),
             "fill": float(fill),
