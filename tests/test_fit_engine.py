@@ -339,3 +339,20 @@ def test_csd_kernel_matches_numpy_twin(dwi):
                 break
             negative = update
         np.testing.assert_allclose(coeff[voxel], twin, rtol=0, atol=1e-8 * np.abs(twin).max())
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "min_angle"), [("symmetric362", 362, 9.5), ("repulsion724", 724, 6.5)]
+)
+def test_shipped_spheres_are_symmetric_and_even(name, size, min_angle):
+    sphere = get_sphere(name)
+    vertices = sphere.vertices
+    assert vertices.shape == (size, 3)
+    np.testing.assert_allclose(np.linalg.norm(vertices, axis=1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(vertices[size // 2 :], -vertices[: size // 2], atol=1e-12)
+    cosine = np.abs(vertices @ vertices.T)
+    np.fill_diagonal(cosine, 0)
+    cosine[cosine > 1 - 1e-9] = 0  # antipodes
+    assert np.degrees(np.arccos(cosine.max())) > min_angle
+    rebuilt = mriflow.fit.Sphere(vertices)
+    np.testing.assert_array_equal(rebuilt.edges, sphere.edges)

@@ -194,12 +194,14 @@ class Sphere:
 def _hull_edges(vertices: np.ndarray, name: str) -> np.ndarray:
     from scipy.spatial import ConvexHull, QhullError
 
+    message = f"sphere {name}: vertices do not span the sphere (give a full, not a half, sphere)"
     try:
-        faces = ConvexHull(vertices).simplices
+        hull = ConvexHull(vertices)
     except QhullError as exc:
-        raise FitInputError(
-            f"sphere {name}: vertices do not span the sphere (give a full, not a half, sphere)"
-        ) from exc
+        raise FitInputError(message) from exc
+    if not np.all(hull.equations[:, 3] < -1e-6):  # the centre must lie inside the hull
+        raise FitInputError(message)
+    faces = hull.simplices
     edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [0, 2]]])
     edges.sort(axis=1)
     return np.unique(edges, axis=0).astype(np.int64)
