@@ -356,3 +356,16 @@ def test_shipped_spheres_are_symmetric_and_even(name, size, min_angle):
     assert np.degrees(np.arccos(cosine.max())) > min_angle
     rebuilt = mriflow.fit.Sphere(vertices)
     np.testing.assert_array_equal(rebuilt.edges, sphere.edges)
+
+
+def test_cli_fit_writes_maps(phantom, tmp_path, capsys):
+    from mriflow.cli import main
+
+    code = main(["fit", "dti", str(phantom["dwi"]), str(tmp_path), "--mask", str(phantom["mask"])])
+    assert code == 0
+    fa = nib.load(tmp_path / "dti_fa.nii.gz")
+    assert fa.shape == (12, 12, 10)
+    assert nib.load(tmp_path / "dti_rgb.nii.gz").shape == (12, 12, 10, 3)
+    assert 0.3 < fa.get_fdata()[nib.load(phantom["labels"]).get_fdata() == 2].mean() < 1
+    assert main(["fit", "dti", str(phantom["mask"]), str(tmp_path)]) == 1
+    assert "no 'volume' axis" in " ".join(capsys.readouterr().err.split())

@@ -211,4 +211,4 @@ def dti(
         },
         attrs=attrs,
     )
-    return ds.assign_coords(xyz=["x", "y", "z"], channel=["r", "g", "b"])
+    return ds

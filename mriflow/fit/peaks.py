@@ -197,4 +197,4 @@ def peaks(
     ds["peak_indices"].attrs.update(attrs)
     ds["sphere_vertices"] = xr.DataArray(chosen.vertices, dims=("vertex", "xyz"))
     ds.attrs.update(attrs)
-    return ds.assign_coords(xyz=["x", "y", "z"])
+    return ds

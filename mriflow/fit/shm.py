@@ -171,7 +171,7 @@ class Sphere:
 
     vertices: np.ndarray
     name: str = "custom"
-    edges: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+    edges: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment,arg-type]
 
     def __post_init__(self) -> None:
         vertices = np.ascontiguousarray(self.vertices, dtype=np.float64)
@@ -241,7 +241,7 @@ def write_sphere_file(path: Path = _SPHERE_FILE) -> None:
         vertices = repulsion_sphere(pairs)
         arrays[f"{name}_vertices"] = vertices
         arrays[f"{name}_edges"] = _hull_edges(vertices, name)
-    np.savez_compressed(path, **arrays)
+    np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
 
 
 @functools.cache
