@@ -106,12 +106,34 @@ def csd_matrices(
     return convolution * basis_dwi, basis_reg * scale
 
 
+def _initial_solve(normal: np.ndarray, deconvolution: np.ndarray) -> np.ndarray:
+    """``(P)^-1 X^T`` by Cholesky, with dipy's ridge ``1e-5 I`` if ``P`` is not definite."""
+    from scipy.linalg import LinAlgError, cho_factor, cho_solve
+
+    try:
+        factor = cho_factor(normal, lower=False)
+    except LinAlgError:
+        factor = cho_factor(normal + _RIDGE * np.eye(normal.shape[0]), lower=False)
+    return np.ascontiguousarray(cho_solve(factor, deconvolution.T))
+
+
+@njit(**NUMBA_OPTIONS)
+def _add_outer(system: np.ndarray, rows: np.ndarray, row: int, sign: float) -> None:
+    """``system += sign * outer(rows[row], rows[row])`` on the lower triangle."""
+    n_coef = system.shape[0]
+    for p in range(n_coef):
+        weight = sign * rows[row, p]
+        for q in range(p + 1):
+            system[p, q] += weight * rows[row, q]
+
+
 @njit(**NUMBA_OPTIONS)
 def csd_kernel(
     signal: np.ndarray,
     out: np.ndarray,
     deconvolution: np.ndarray,
     normal: np.ndarray,
+    initial: np.ndarray,
     reg_basis: np.ndarray,
     dwi_index: np.ndarray,
     tau: float,
@@ -127,12 +149,9 @@ def csd_kernel(
     coef = np.empty(n_coef)
     system = np.empty((n_coef, n_coef))
     factor = np.empty((n_coef, n_coef))
-    fodf = np.empty(n_reg)
     small = np.zeros(n_reg, dtype=np.bool_)
-    small_last = np.zeros(n_reg, dtype=np.bool_)
-    ridge = normal.copy()
-    for c in range(n_coef):
-        ridge[c, c] += _RIDGE
+    normal_all = normal + reg_basis.T @ reg_basis
+    dwsignal = np.empty(n_dwi)
     n_invalid = 0
     for voxel in range(n_voxels):
         row = signal[voxel]
@@ -145,13 +164,16 @@ def csd_kernel(
             out[voxel, :] = np.nan
             n_invalid += 1
             continue
+        for n in range(n_dwi):
+            dwsignal[n] = row[dwi_index[n]]
         for c in range(n_coef):
             total = 0.0
+            unconstrained = 0.0
             for n in range(n_dwi):
-                total += deconvolution[n, c] * row[dwi_index[n]]
+                total += deconvolution[n, c] * dwsignal[n]
+                unconstrained += initial[c, n] * dwsignal[n]
             projected[c] = total
-        if not cholesky_solve(normal, projected, factor, coef):
-            cholesky_solve(ridge, projected, factor, coef)
+            coef[c] = unconstrained
         threshold = reg_basis[0, 0] * coef[0] * tau
         n_small = 0
         for v in range(n_reg):
@@ -169,16 +191,24 @@ def csd_kernel(
                 n_small += small[v]
         iterations = 0
         if n_small > 0:
-            settled = False
-            for iteration in range(1, convergence + 1):
-                iterations = iteration
+            # system = P + H^T H over the rows of the sphere where the fODF is small; built
+            # once (lower triangle), then updated only by the rows that change.
+            if 2 * n_small <= n_reg:
                 system[:, :] = normal
                 for v in range(n_reg):
                     if small[v]:
-                        for p in range(n_coef):
-                            weight = reg_basis[v, p]
-                            for q in range(n_coef):
-                                system[p, q] += weight * reg_basis[v, q]
+                        _add_outer(system, reg_basis, v, 1.0)
+            else:  # fewer rows to take out of P + B_reg^T B_reg than to add to P
+                system[:, :] = normal_all
+                for v in range(n_reg):
+                    if not small[v]:
+                        _add_outer(system, reg_basis, v, -1.0)
+            settled = False
+            for iteration in range(1, convergence + 1):
+                iterations = iteration
+                for p in range(n_coef):
+                    for q in range(p):
+                        system[q, p] = system[p, q]
                 if not cholesky_solve(system, projected, factor, coef):
                     break
                 changed = False
@@ -186,11 +216,11 @@ def csd_kernel(
                     total = 0.0
                     for c in range(n_coef):
                         total += reg_basis[v, c] * coef[c]
-                    fodf[v] = total
-                    small_last[v] = small[v]
-                    small[v] = total < threshold
-                    if small[v] != small_last[v]:
+                    now_small = total < threshold
+                    if now_small != small[v]:
                         changed = True
+                        _add_outer(system, reg_basis, v, 1.0 if now_small else -1.0)
+                        small[v] = now_small
                 if not changed:
                     settled = True
                     break
@@ -239,6 +269,7 @@ def csd(
         legacy=legacy,
     )
     n_coef = deconvolution.shape[1]
+    normal = deconvolution.T @ deconvolution
     packed = map_voxels(
         csd_kernel,
         dwi,
@@ -246,7 +277,8 @@ def csd(
         n_params=n_coef + 1,
         constants=(
             deconvolution,
-            deconvolution.T @ deconvolution,
+            normal,
+            _initial_solve(normal, deconvolution),
             reg_basis,
             dwi_index,
             float(tau),
