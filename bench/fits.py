@@ -49,7 +49,9 @@ def _generate(data_dir: Path, k_slices: int) -> dict[str, str]:
             snr=20,
             seed=7,
         )
-    slab = data_dir / "slab"
+    slab = data_dir / f"slab{k_slices}"
+    if k_slices == 0:
+        return {"full": str(full), "slab": str(full)}
     slab.mkdir(parents=True, exist_ok=True)
     start = SHAPE[2] // 2 - k_slices // 2
     for name in ("sub-01_dwi", "sub-01_mask"):
@@ -202,7 +204,9 @@ def _run(args: list[str]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path, default=Path("/tmp/fit-data/bench"))
-    parser.add_argument("--k-slices", type=int, default=8)
+    parser.add_argument(
+        "--k-slices", type=int, default=0, help="compare on a central slab (0: whole volume)"
+    )
     parser.add_argument("--memory-limit", default="400MiB")
     parser.add_argument("--smoke", action="store_true", help="tiny phantom, to check the script")
     parser.add_argument("--worker", nargs="*")
@@ -233,16 +237,17 @@ def main() -> None:
         mriflow.open_image(Path(folders["full"]) / "sub-01_dwi.nii.gz"), fa_threshold=0.7
     )
     values = json.dumps([*map(float, response.evals), float(response.s0)])
+    compared = folders["slab"] if args.k_slices else folders["full"]
     rows = []
     for task in ("dti", "csa_peaks", "csd"):
         # mriflow first warms numba's on-disk cache, as an installed package would have it.
-        _run(["--worker", "mriflow", task, folders["slab"], values])
-        ours = _run(["--worker", "mriflow", task, folders["slab"], values])
-        ref = _run(["--worker", "dipy", task, folders["slab"], values])
+        _run(["--worker", "mriflow", task, compared, values])
+        ours = _run(["--worker", "mriflow", task, compared, values])
+        ref = _run(["--worker", "dipy", task, compared, values])
         rows.append((task, ours, ref))
         print(task, json.dumps(ours), json.dumps(ref), flush=True)
     full_rows = []
-    for task in ("dti", "csa_peaks", "csd"):
+    for task in ("dti", "csa_peaks", "csd") if args.k_slices else ():
         full = _run(["--worker", "mriflow", task, folders["full"], values])
         full_rows.append((task, full))
         print("full", task, json.dumps(full), flush=True)
@@ -250,8 +255,9 @@ def main() -> None:
     ooc = _run(["--worker", "ooc", str(store), folders["full"], json.dumps(args.memory_limit)])
     print("out-of-core", json.dumps(ooc), flush=True)
 
+    region = f"{SHAPE[0]}x{SHAPE[1]}x{args.k_slices} slab" if args.k_slices else "whole volume"
     lines = [
-        f"Slab: {SHAPE[0]}x{SHAPE[1]}x{args.k_slices} of the {SHAPE} phantom, "
+        f"Compared on the {region} of the {SHAPE} phantom, "
         f"{N_B0} b=0 + {N_DIRECTIONS} directions at b={BVALUE:g}; "
         f"response evals {np.round(response.evals, 6).tolist()}, S0 {response.s0:.1f}.",
         "",
@@ -266,13 +272,14 @@ def main() -> None:
             f"{ref['seconds'] / ours['seconds']:.2f}x | {ours['peak_rss_mib']:.0f} | "
             f"{ref['peak_rss_mib']:.0f} | {ref['engine']} |"
         )
-    lines += [
-        "",
-        f"Whole volume {SHAPE}, mriflow only:",
-        "",
-        "| fit | voxels | s | vox/s | peak RSS MiB |",
-        "|---|---|---|---|---|",
-    ]
+    if full_rows:
+        lines += [
+            "",
+            f"Whole volume {SHAPE}, mriflow only:",
+            "",
+            "| fit | voxels | s | vox/s | peak RSS MiB |",
+            "|---|---|---|---|---|",
+        ]
     for task, full in full_rows:
         lines.append(
             f"| {task} | {full['voxels']} | {full['seconds']:.1f} | "
