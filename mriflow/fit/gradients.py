@@ -45,7 +45,8 @@ def diffusion_table(
 
     Raises :class:`~mriflow.errors.FitInputError` naming the image when it has no ``volume``
     axis or no gradients, the table does not match the number of volumes, no volume is b=0,
-    or a diffusion-weighted volume has a zero or non-unit direction.
+    or a diffusion-weighted volume has a zero or non-unit direction (mriflow's readers
+    normalise directions on load, so from files only zero directions reach this check).
     """
     label = image_label(dwi) if isinstance(dwi, xr.DataArray) else "image"
     if not isinstance(dwi, xr.DataArray):

@@ -18,7 +18,8 @@ Mask convention: voxels outside ``mask`` are not computed; every parameter there
 ``fill`` (``0.0`` by default, as dipy's fits do, so maps and SH fields are safe to
 interpolate). Voxels inside the mask whose signal is NaN, infinite or negative fit to NaN, and
 each chunk holding such voxels issues one :class:`~mriflow.errors.InvalidSignalWarning` with
-their count.
+their count (in the process that computes the chunk: on a distributed cluster, the worker's
+log).
 """
 
 from __future__ import annotations
