@@ -16,6 +16,11 @@ __all__ = [
     "MissingFileError",
     "MriflowError",
     "SidecarError",
+    "StoreFormatError",
+    "IncompleteStoreError",
+    "StoreMetadataError",
+    "StoreWriteError",
+    "MissingAffineWarning",
 ]
 
 
@@ -45,3 +50,27 @@ class GeometryError(MriflowError, ValueError):
 
 class SidecarError(MriflowError, ValueError):
     """A sidecar file (BIDS JSON, FSL .bval/.bvec) is malformed or does not match the image."""
+
+
+class StoreFormatError(MriflowError, ValueError):
+    """The path is not a zarr store, or not one that holds an image mriflow can read."""
+
+
+class IncompleteStoreError(MriflowError, RuntimeError):
+    """A store whose writing was interrupted: some regions were never written.
+
+    Continue it with ``resume=True`` (``mriflow convert --resume``) or start over with
+    ``overwrite=True``.
+    """
+
+
+class StoreMetadataError(MriflowError, ValueError):
+    """A store's metadata contradicts itself or its arrays (shape, chunks, dims, dtype)."""
+
+
+class StoreWriteError(MriflowError, OSError):
+    """A store cannot be written: read-only location, disk full, or it already exists."""
+
+
+class MissingAffineWarning(UserWarning):
+    """A store written by another tool has no affine; the NGFF scale/translation is used."""

@@ -66,7 +66,10 @@ def make_image(
     variable = data if isinstance(data, xr.Variable) else xr.Variable(dims, data)
     variable.attrs.update(all_attrs)
     variable.encoding.update(encoding or {})
-    return xr.DataArray(variable, coords=all_coords, name=name)
+    image = xr.DataArray(variable, coords=all_coords, name=name)
+    # xarray does not carry a Variable's encoding into a new DataArray: set it again
+    image.encoding.update(variable.encoding)
+    return image
 
 
 def from_array(
