@@ -134,7 +134,10 @@ def resolve_store(
         raise TypeError("pass memory stores as 'memory://name.zarr' URLs")
     if is_url(location):
         name = sanitize_location(location)
-        fs, root = fsspec.core.url_to_fs(location, **(storage_options or {}))
+        storage_options = dict(storage_options or {})
+        if fsspec.core.split_protocol(location)[0] in ("file", "local"):
+            storage_options.setdefault("auto_mkdir", True)
+        fs, root = fsspec.core.url_to_fs(location, **storage_options)
         store = zarr.storage.FsspecStore.from_url(
             location, storage_options=storage_options, read_only=read_only
         )
