@@ -183,6 +183,16 @@ def _regions(shape: Sequence[int], chunks: Sequence[int]) -> list[tuple[slice, .
     return regions
 
 
+def _aligned(source_chunks: tuple[tuple[int, ...], ...], chunks: Sequence[int]) -> bool:
+    """Whether every source block covers whole store chunks (then each block is written by
+    the task that computed it, with no rechunking and no data moving between workers)."""
+    for blocks, size in zip(source_chunks, chunks, strict=True):
+        edges = np.cumsum(blocks)[:-1]
+        if np.any(edges % int(size)):
+            return False
+    return True
+
+
 def _existing_meta(loc: StoreLocation, group: str) -> dict[str, Any] | None:
     """The ``mriflow`` block of the group at ``group``, None when nothing is there.
 
@@ -391,7 +401,8 @@ def write_plan(
             if level == 0:
                 data = staging() if staging is not None else plan.data
                 source = dask_array.asarray(data).transpose(to_zarr_axes)
-                source = source.rechunk(array.chunks)
+                if not _aligned(source.chunks, array.chunks):
+                    source = source.rechunk(array.chunks)
             else:
                 spatial_axes = [
                     a
