@@ -65,10 +65,8 @@ def make_image(
     all_attrs.update(attrs or {})
     variable = data if isinstance(data, xr.Variable) else xr.Variable(dims, data)
     variable.attrs.update(all_attrs)
-    variable.encoding.update(encoding or {})
     image = xr.DataArray(variable, coords=all_coords, name=name)
-    # xarray does not carry a Variable's encoding into a new DataArray: set it again
-    image.encoding.update(variable.encoding)
+    image.encoding.update({**variable.encoding, **(encoding or {})})
     return image
 
 
