@@ -246,3 +246,34 @@ def test_source_urls_lose_their_credentials() -> None:
         == "s3://bucket/sub-01.nii.gz"
     )
     assert sanitize_location("/data/sub-01.nii.gz") == "/data/sub-01.nii.gz"
+
+
+def test_cli_convert_both_ways(phantom: dict[str, Path], tmp_path: Path) -> None:
+    from mriflow.cli import main
+
+    store, back = tmp_path / "cli.zarr", tmp_path / "cli.nii"
+    args = ["convert", str(phantom["dwi"]), str(store), "--chunks", "8,8,8"]
+    assert main([*args, "--levels", "2", "--compressor", "zlib", "--zarr-format", "2"]) == 0
+    assert (store / ".zgroup").exists()
+    assert main(["convert", str(store), str(back)]) == 0
+    original, written = nib.load(phantom["dwi"]), nib.load(back)
+    np.testing.assert_array_equal(
+        np.asarray(written.dataobj.get_unscaled()), np.asarray(original.dataobj.get_unscaled())
+    )
+    assert (
+        main([*args[:2], str(phantom["dwi"]), str(tmp_path / "x.zarr"), "--compressor", "lz5"]) == 2
+    )
+    assert main(["convert", str(tmp_path / "none.nii.gz"), str(tmp_path / "y.zarr")]) == 1
+
+
+def test_credentials_in_source_urls_are_not_stored(phantom: dict[str, Path], tmp_path: Path):
+    image = mriflow.open_image(phantom["mask"])
+    image.attrs["source"] = {
+        "path": "s3://KEY:SECRET@bucket/sub-01_mask.nii.gz?token=t0k",
+        "format": "nifti1",
+    }
+    mriflow.to_zarr(image, tmp_path / "m.zarr")
+    text = (tmp_path / "m.zarr" / "zarr.json").read_text()
+    assert "SECRET" not in text
+    assert "t0k" not in text
+    assert "s3://bucket/sub-01_mask.nii.gz" in text

@@ -120,8 +120,12 @@ def is_zarr_location(location: Any) -> bool:
     text = os.fspath(location) if isinstance(location, os.PathLike) else location
     if not isinstance(text, str):
         return False
-    if text.rstrip("/").lower().endswith(".zarr") or is_url(text):
+    if text.rstrip("/").lower().endswith(".zarr"):
         return True
+    if is_url(text):
+        from mriflow.io.nifti import nifti_suffix
+
+        return nifti_suffix(text) is None
     path = Path(text)
     return path.is_dir() and any((path / m).exists() for m in ("zarr.json", ".zgroup"))
 

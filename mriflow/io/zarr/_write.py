@@ -123,6 +123,10 @@ def plan_image(
             "dtype": values.dtype.str,
         }
     attrs = {k: v for k, v in image.attrs.items() if k not in ("affine", "kind")}
+    if isinstance(attrs.get("source"), dict) and attrs["source"].get("path"):
+        attrs["source"] = dict(
+            attrs["source"], path=sanitize_location(str(attrs["source"]["path"]))
+        )
     json_attrs, tuples = layout.to_json(attrs)
     meta: dict[str, Any] = {
         "format": IMAGE_FORMAT,
