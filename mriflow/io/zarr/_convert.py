@@ -151,7 +151,7 @@ def convert(
     from mriflow.io.zarr._read import open_zarr
     from mriflow.io.zarr._write import plan_image, to_zarr, write_plan
 
-    options = {
+    options: dict[str, Any] = {
         "chunks": chunks,
         "compressor": compressor,
         "levels": levels,
@@ -224,7 +224,7 @@ def convert(
 def _raw_source(path: Path, image: Any) -> tuple[Path, tuple[int, ...], Any, int, bool] | None:
     import nibabel as nib
 
-    loaded = nib.load(path)
+    loaded: Any = nib.load(path)
     proxy = loaded.dataobj
     if not isinstance(proxy.file_like, str) or getattr(proxy, "order", "F") != "F":
         return None

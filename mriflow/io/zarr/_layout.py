@@ -110,7 +110,7 @@ def make_compressor(name: str, zarr_format: int) -> Any:
 
     if name == "zlib":
         return zarr.codecs.GzipCodec(level=4)
-    return zarr.codecs.BloscCodec(cname=name, clevel=3, shuffle="shuffle")
+    return zarr.codecs.BloscCodec(cname=name, clevel=3, shuffle="shuffle")  # type: ignore[arg-type]
 
 
 def level_factors(shape: Sequence[int], levels: int) -> list[list[int]]:

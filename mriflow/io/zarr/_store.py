@@ -147,8 +147,8 @@ def resolve_store(
             f"store must be a path, an fsspec URL or a zarr store, got {type(location).__name__}"
         )
     path = Path(location).expanduser().absolute()
-    store = zarr.storage.LocalStore(path, read_only=read_only)
-    return StoreLocation(str(path), store, fsspec.filesystem("file"), str(path), True)
+    local = zarr.storage.LocalStore(path, read_only=read_only)
+    return StoreLocation(str(path), local, fsspec.filesystem("file"), str(path), True)
 
 
 def write_error(name: str, exc: BaseException) -> StoreWriteError:

@@ -218,20 +218,24 @@ def _existing_meta(loc: StoreLocation, group: str) -> dict[str, Any] | None:
         raise StoreWriteError(
             f"{loc.name}: a zarr array or an unreadable group is in the way ({exc})"
         ) from exc
-    return dict(existing.attrs.get("mriflow") or {"format": "foreign"})
+    found: Any = existing.attrs.get("mriflow")
+    return dict(found) if isinstance(found, dict) else {"format": "foreign"}
 
 
 _COMPARED = ("format", "dims", "shape", "dtype", "chunks", "levels", "compressor", "zarr_format")
 
 
-def _check_resumable(loc: StoreLocation, group: str, old: dict[str, Any], new: dict[str, Any]):
+def _check_resumable(
+    loc: StoreLocation, group: str, old: dict[str, Any], new: dict[str, Any]
+) -> None:
     for key in _COMPARED:
         if old.get(key) != new.get(key):
             raise StoreMetadataError(
                 f"{loc.name}: cannot resume: the unfinished store has {key}={old.get(key)!r} but "
                 f"this write has {new.get(key)!r}; pass overwrite=True to start over"
             )
-    if not np.allclose(old.get("affine"), new.get("affine"), rtol=0, atol=1e-9):
+    old_affine = np.asarray(old.get("affine", np.nan), dtype=np.float64)
+    if old_affine.shape != (4, 4) or not np.allclose(old_affine, new["affine"], rtol=0, atol=1e-9):
         raise StoreMetadataError(f"{loc.name}: cannot resume: the affine differs")
     old_sum = old.get("provenance", {}).get("source", {}).get("checksum")
     new_sum = new.get("provenance", {}).get("source", {}).get("checksum")
@@ -353,10 +357,15 @@ def write_plan(
     try:
         if not _prepare_group(loc, group, meta, resume=resume, overwrite=overwrite):
             return loc.name
-        root = zarr.open_group(loc.store, path=group or None, mode="a", zarr_format=zarr_format)
+        root = zarr.open_group(
+            loc.store,
+            path=group or None,
+            mode="a",
+            zarr_format=2 if zarr_format == 2 else 3,
+        )
         loc.remove_partials(group)
-        attrs = dict(root.attrs)
-        old = attrs.get("mriflow") or {}
+        attrs: dict[str, Any] = dict(root.attrs)
+        old: dict[str, Any] = attrs.get("mriflow") or {}
         old_provenance = old.get("provenance", {})
         meta["provenance"]["created"] = old_provenance.get("created") or (
             datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
