@@ -82,7 +82,8 @@ def inflate(source: Path, target: Path, block: int = 8 << 20) -> str:
     """Inflate gzip ``source`` into ``target`` sequentially; returns ``sha256:`` of ``source``.
 
     Memory stays at a few blocks whatever the compression ratio; multi-member files work.
-    Hashing the compressed bytes runs beside the inflation (both release the GIL).
+    Hashing the compressed bytes and writing the inflated ones run in their own threads,
+    beside the inflation (zlib, hashlib and file writes all release the GIL).
     """
     digest = hashlib.sha256()
     decompressor = zlib.decompressobj(31)
@@ -90,28 +91,38 @@ def inflate(source: Path, target: Path, block: int = 8 << 20) -> str:
         source.open("rb") as src,
         target.open("wb") as dst,
         concurrent.futures.ThreadPoolExecutor(1) as hasher,
+        concurrent.futures.ThreadPoolExecutor(1) as writer,
     ):
-        pending: concurrent.futures.Future[None] | None = None
+        hashed: concurrent.futures.Future[None] | None = None
+        written: concurrent.futures.Future[int] | None = None
+        in_member = False
         while chunk := src.read(block):
-            if pending is not None:
-                pending.result()
-            pending = hasher.submit(digest.update, chunk)
+            if hashed is not None:
+                hashed.result()
+            hashed = hasher.submit(digest.update, chunk)
             data = chunk
             while data:
+                if not in_member and not data.strip(b"\0"):
+                    break  # zero padding after the last member
+                in_member = True
                 try:
                     out = decompressor.decompress(data, 8 * block)
                 except zlib.error as exc:
                     raise CorruptDataError(f"{source}: damaged gzip stream ({exc})") from exc
-                dst.write(out)
+                if written is not None:
+                    written.result()  # at most one block waits to be written
+                written = writer.submit(dst.write, out)
                 if decompressor.eof:
                     data = decompressor.unused_data
                     decompressor = zlib.decompressobj(31)
+                    in_member = False
                 else:
                     data = decompressor.unconsumed_tail
-        if pending is not None:
-            pending.result()
-        if not decompressor.eof and decompressor.flush():
-            raise CorruptDataError(f"{source}: gzip stream ends early; the file is truncated")
+        for pending in (hashed, written):
+            if pending is not None:
+                pending.result()
+    if in_member:
+        raise CorruptDataError(f"{source}: gzip stream ends early; the file is truncated")
     return f"sha256:{digest.hexdigest()}"
 
 

@@ -6,6 +6,7 @@ import datetime
 import hashlib
 import math
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,13 +167,15 @@ def plan_image(
 
 
 def _parallelism() -> int:
-    try:
+    """Threads that will run the writes: the active distributed client's, else this machine's."""
+    if "distributed" in sys.modules:  # no client can exist before distributed is imported
         from distributed import default_client
 
-        client = default_client()
-        return max(1, sum(client.nthreads().values()))
-    except (ImportError, ValueError):
-        return os.cpu_count() or 1
+        try:
+            return max(1, sum(default_client().nthreads().values()))
+        except ValueError:
+            pass
+    return os.cpu_count() or 1
 
 
 def _regions(shape: Sequence[int], chunks: Sequence[int]) -> list[tuple[slice, ...]]:
