@@ -109,6 +109,10 @@ def test_oblique_dwi_keeps_gradients_scaling_and_sidecar(
     back = mriflow.open_zarr(store)
     _same_image(back, image)
     np.testing.assert_array_equal(back.mri.bvecs("fsl"), image.mri.bvecs("fsl"))
+    assert back.chunks == ((8, 8, 4), (8, 8, 8), (8, 8, 2), (14,))
+    rechunked = mriflow.open_zarr(store, chunks={"i": 20, "volume": 7})
+    assert rechunked.chunks == ((20,), (8, 8, 8), (8, 8, 2), (7, 7))
+    np.testing.assert_array_equal(rechunked.values, image.values)
     assert back.encoding["scl_slope"] == image.encoding["scl_slope"]
     zarr_meta = json.loads((store / "0" / "zarr.json").read_text())
     assert zarr_meta["chunk_grid"]["configuration"]["chunk_shape"] == [34 - 20, 8, 8, 8]

@@ -129,12 +129,13 @@ def _scale(data: Any, slope: float, inter: float) -> Any:
 def _zarr_chunks(
     chunks: Mapping[str, int] | None, dims: list[str], order: tuple[int, ...], array: Any
 ) -> tuple[int, ...] | None:
+    """Dask chunks in zarr order: ``chunks`` by dim name (-1 = whole axis), else the store's."""
     if not chunks:
         return None
-    by_dim = [int(chunks.get(d, -1)) for d in dims]
-    in_nifti = [
-        n if c == -1 else c for c, n in zip(by_dim, (array.shape[a] for a in order), strict=True)
-    ]
+    in_nifti = []
+    for dim, axis in zip(dims, order, strict=True):
+        size = int(chunks.get(dim, array.chunks[axis]))
+        in_nifti.append(int(array.shape[axis]) if size == -1 else size)
     inverse = np.argsort(order)
     return tuple(in_nifti[a] for a in inverse)
 
