@@ -168,6 +168,18 @@ def test_resume_refuses_a_different_image(labels: Path, tmp_path: Path) -> None:
         mriflow.to_zarr(image, path, chunks="8,8,8", resume=True)
 
 
+def test_resume_refuses_a_changed_source(tmp_path: Path) -> None:
+    phantom = write_dwi_phantom(tmp_path / "in", shape=(20, 24, 18), n_directions=6)
+    labels, mask = mriflow.open_image(phantom["labels"]), mriflow.open_image(phantom["mask"])
+    assert labels.shape == mask.shape
+    assert labels.dtype == mask.dtype
+    path = tmp_path / "x.zarr"
+    with pytest.raises(mriflow.StoreWriteError):
+        mriflow.to_zarr(labels, CappedStore(path, capacity=8_000), chunks="4,4,4")
+    with pytest.raises(mriflow.StoreMetadataError, match=r"x\.zarr: cannot resume: the source"):
+        mriflow.to_zarr(mask, path, chunks="4,4,4", resume=True)
+
+
 def test_bad_options_and_too_many_axes(labels: Path, tmp_path: Path) -> None:
     image = mriflow.open_image(labels)
     with pytest.raises(ValueError, match="compressor must be one of"):

@@ -160,7 +160,7 @@ def convert(
     from mriflow.io.api import open_image
     from mriflow.io.nifti import nifti_suffix
     from mriflow.io.zarr._read import open_zarr
-    from mriflow.io.zarr._write import plan_image, to_zarr, write_plan
+    from mriflow.io.zarr._write import file_checksum, plan_image, to_zarr, write_plan
 
     options: dict[str, Any] = {
         "chunks": chunks,
@@ -204,7 +204,9 @@ def convert(
     else:
         reader = RawFileArray(str(file_path), shape, dtype, offset)
     data = _as_dask(reader, read_chunks, f"{file_path}:{os.stat(file_path).st_mtime_ns}")
-    plan = plan_image(image, loc.name, raw=data, checksum="" if gzipped else None)
+    # a gzip file is hashed while it is inflated; a resume checks the source first
+    checksum = None if not gzipped else (file_checksum(file_path) if resume else "")
+    plan = plan_image(image, loc.name, raw=data, checksum=checksum)
 
     def stage() -> Any:
         assert staging is not None
