@@ -17,15 +17,20 @@ from mriflow.errors import (
     GeometryError,
     ImageFormatError,
     ImageHeaderError,
+    IncompleteStoreError,
     MetadataWarning,
+    MissingAffineWarning,
     MissingFileError,
     MissingTimingError,
     MriflowError,
     MriflowWarning,
     SidecarError,
+    StoreFormatError,
+    StoreMetadataError,
+    StoreWriteError,
 )
 from mriflow.image import from_array
-from mriflow.io import open_image, to_nifti
+from mriflow.io import convert, open_image, open_zarr, to_nifti, to_zarr
 
 __all__ = [
     "AcquisitionError",
@@ -52,4 +57,12 @@ __all__ = [
     "from_array",
     "open_image",
     "to_nifti",
+    "IncompleteStoreError",
+    "MissingAffineWarning",
+    "StoreFormatError",
+    "StoreMetadataError",
+    "StoreWriteError",
+    "convert",
+    "open_zarr",
+    "to_zarr",
 ]

@@ -23,6 +23,11 @@ __all__ = [
     "AcquisitionError",
     "MissingTimingError",
     "MetadataWarning",
+    "StoreFormatError",
+    "IncompleteStoreError",
+    "StoreMetadataError",
+    "StoreWriteError",
+    "MissingAffineWarning",
 ]
 
 
@@ -80,3 +85,27 @@ class FitInputError(MriflowError, ValueError):
 
 class InvalidSignalWarning(MriflowWarning, RuntimeWarning):
     """Some voxels hold NaN, infinite or negative signal; they fit to NaN (a count is given)."""
+
+
+class StoreFormatError(MriflowError, ValueError):
+    """The path is not a zarr store, or not one that holds an image mriflow can read."""
+
+
+class IncompleteStoreError(MriflowError, RuntimeError):
+    """A store whose writing was interrupted: some regions were never written.
+
+    Continue it with ``resume=True`` (``mriflow convert --resume``) or start over with
+    ``overwrite=True``.
+    """
+
+
+class StoreMetadataError(MriflowError, ValueError):
+    """A store's metadata contradicts itself or its arrays (shape, chunks, dims, dtype)."""
+
+
+class StoreWriteError(MriflowError, OSError):
+    """A store cannot be written: read-only location, disk full, or it already exists."""
+
+
+class MissingAffineWarning(MriflowWarning):
+    """A store written by another tool has no affine; the NGFF scale/translation is used."""
