@@ -17,9 +17,11 @@ from mriflow.errors import (
 )
 from mriflow.image import from_array
 from mriflow.io import open_image, to_nifti
+from mriflow.io.dicom import DicomSeries, discover_dicom, load_dicom_series
 
 __all__ = [
     "CorruptDataError",
+    "DicomSeries",
     "GeometryError",
     "ImageFormatError",
     "ImageHeaderError",
@@ -27,7 +29,9 @@ __all__ = [
     "MriflowError",
     "SidecarError",
     "__version__",
+    "discover_dicom",
     "from_array",
+    "load_dicom_series",
     "open_image",
     "to_nifti",
 ]

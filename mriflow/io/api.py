@@ -27,7 +27,8 @@ def open_image(
     """Open an image lazily as a dask-backed ``xarray.DataArray``.
 
     ``source`` is a path to a NIfTI-1/2 (``.nii``, ``.nii.gz``), NIfTI pair or Analyze file,
-    or a numpy/dask array together with ``affine`` (see :func:`mriflow.from_array`).
+    a directory holding one DICOM series (see :func:`mriflow.load_dicom_series`), or a
+    numpy/dask array together with ``affine`` (see :func:`mriflow.from_array`).
 
     Only headers are read here. ``chunks="auto"`` keeps every non-spatial axis (``volume``,
     ``t``) whole in each chunk and splits space into slabs that are contiguous on disk, sized
@@ -43,6 +44,11 @@ def open_image(
             source, affine, dims, kind=kind or "scalar", chunks=None if chunks == "auto" else chunks
         )
     path = Path(source).expanduser()
+    if path.is_dir():
+        from mriflow.io.dicom import open_dicom_directory
+
+        image = open_dicom_directory(path, kind=kind, modality=modality)
+        return image if chunks in ("auto", None) else image.chunk(chunks)
     if nifti_suffix(path) is None:
         if not path.exists():
             raise MissingFileError(f"{path}: no such file or directory")
