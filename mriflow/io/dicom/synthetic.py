@@ -411,6 +411,13 @@ def write_enhanced_series(
     timing.FlipAngle = 12.0
     shared.MRTimingAndRelatedParametersSequence = DicomSequence([timing])
     ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    dimensions = []
+    for pointer in (0x00209056, 0x00209057, 0x00209128):  # StackID, InStackPosition, TempPos
+        dimension = Dataset()
+        dimension.DimensionIndexPointer = pointer
+        dimension.FunctionalGroupPointer = 0x00209111  # FrameContentSequence
+        dimensions.append(dimension)
+    ds.DimensionIndexSequence = DicomSequence(dimensions)
     per_frame = []
     for volume, slice_index in frames:
         group = Dataset()
@@ -424,6 +431,8 @@ def write_enhanced_series(
         minutes, secs = divmod(rest, 60)
         content.FrameAcquisitionDateTime = f"20200101{int(hours):02d}{int(minutes):02d}{secs:09.6f}"
         content.InStackPositionNumber = slice_index + 1
+        content.StackID = "1"
+        content.DimensionIndexValues = [1, slice_index + 1, volume + 1]
         group.FrameContentSequence = DicomSequence([content])
         transform = Dataset()
         transform.RescaleSlope = f"{slope:g}"
