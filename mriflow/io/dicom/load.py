@@ -150,7 +150,7 @@ def _stacked_records(members: Sequence[DicomSeries]) -> list[FrameRecord]:
         )
 
     ordered = sorted(members, key=order)
-    records = []
+    records: list[FrameRecord] = []
     for index, item in enumerate(ordered):
         records.extend(replace(r, volume_hint=float(index)) for r in item.records)
     return records
@@ -180,7 +180,9 @@ def _check_problems(label: str, records: Sequence[FrameRecord]) -> None:
         )
     reference = np.asarray(records[0].orientation)
     odd = [
-        r for r in records if not np.allclose(r.orientation, reference, atol=_ORIENTATION_TOLERANCE)
+        r
+        for r in records
+        if not np.allclose(np.asarray(r.orientation), reference, atol=_ORIENTATION_TOLERANCE)
     ]
     if odd:
         raise GeometryError(
@@ -188,7 +190,7 @@ def _check_problems(label: str, records: Sequence[FrameRecord]) -> None:
             f"{records[0].path} (ImageOrientationPatient {list(reference)})"
         )
     spacing = np.asarray(records[0].pixel_spacing)
-    odd = [r for r in records if not np.allclose(r.pixel_spacing, spacing, rtol=1e-4)]
+    odd = [r for r in records if not np.allclose(np.asarray(r.pixel_spacing), spacing, rtol=1e-4)]
     if odd:
         raise GeometryError(
             f"{label}: mixed PixelSpacing in one series: {_files(odd)} differ from "
@@ -373,9 +375,10 @@ def _assemble(
     acquisition = members[0].acquisition()
     if len(members) > 1:
         acquisition.pop("SeriesDescription", None)
-    attrs = {
+    source_path = _common_directory(records)
+    attrs: dict[str, Any] = {
         "modality": "dwi" if fourth == "volume" else "unknown",
-        "source": {"path": _common_directory(records), "format": "dicom"},
+        "source": {"path": source_path, "format": "dicom"},
         "zooms": tuple(zooms),
         "space_units": "mm",
         "time_units": "s",
@@ -384,7 +387,7 @@ def _assemble(
     encoding = {
         "dtype": np.dtype(np.result_type(*[np.dtype(r.dtype) for r in records])).newbyteorder("="),
         "preferred_chunks": dict(zip(dims, data.chunksize, strict=True)),
-        "source": attrs["source"]["path"],
+        "source": source_path,
     }
     name = members[0].description if len(members) == 1 else _stem_description(members[0])
     return make_image(

@@ -14,12 +14,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 __all__ = ["WrittenSeries", "write_enhanced_series", "write_mosaic_series", "write_series"]
 
@@ -76,14 +77,14 @@ def _geometry(
     return positions, _LPS_TO_RAS @ lps
 
 
-def _uid(*parts: object) -> str:
+def _uid(*parts: object) -> UID:
     """A deterministic UID derived from ``parts``."""
     return generate_uid(entropy_srcs=[str(p) for p in parts])
 
 
-def _base_dataset(sop_class: str, study_uid: str, series_uid: str, **fields: object) -> Dataset:
+def _base_dataset(sop_class: str, study_uid: str, series_uid: str, **fields: Any) -> Dataset:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPClassUID = UID(sop_class)
     meta.MediaStorageSOPInstanceUID = _uid(series_uid, *fields.get("_instance_key", ()))
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()

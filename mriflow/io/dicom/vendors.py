@@ -116,9 +116,11 @@ def csa_image_header(dataset: Any) -> dict[str, Any] | None:
 
 def mosaic_slice_count(dataset: Any, csa: dict[str, Any] | None) -> int:
     """Number of slices packed in a Siemens mosaic image, 0 if the image is not a mosaic."""
-    image_type = [str(v).upper() for v in (dataset.get("ImageType") or [])]
-    if "MOSAIC" not in image_type:
+    image_type = dataset.get("ImageType") or []
+    image_type = [image_type] if isinstance(image_type, str) else image_type
+    if "MOSAIC" not in [str(v).upper() for v in image_type]:
         return 0
+    dataset = getattr(dataset, "dataset", dataset)
     count = _as_floats(_private_value(dataset, 0x0019, 0x100A), "<H")
     if count:
         return int(count[0])
