@@ -156,6 +156,7 @@ def test_siemens_mosaic_dwi_matches_nicom_and_dcm2niix(tmp_path):
     np.testing.assert_allclose(ours_world, bvecs_to_world(ref_bvecs, reference.affine), atol=1e-3)
 
 
+@pytest.mark.filterwarnings("ignore:Unable to find Philips private scale factor:UserWarning")
 def test_philips_enhanced_multiframe_matches_nicom_and_dcm2niix(tmp_path):
     path = _copy(NICOM_DATA / "philips_mprage.dcm.gz", tmp_path / "mprage")
     (series,) = mriflow.discover_dicom(tmp_path / "mprage")
@@ -223,6 +224,17 @@ def test_dynamic_series_has_time_in_seconds_and_is_lazy(tmp_path):
     np.testing.assert_array_equal(image.isel(t=3, k=2).values, written.stored[:, :, 2, 3])
     restored = pickle.loads(pickle.dumps(image))
     np.testing.assert_array_equal(restored.values, written.stored)
+    # pixels are read per file, at compute time: a file removed after loading only breaks
+    # the blocks that need it, and the error names it
+    victim = next(
+        f
+        for f in written.files
+        if int(pydicom.dcmread(f, stop_before_pixels=True).TemporalPositionIdentifier) == 5
+    )
+    victim.unlink()
+    np.testing.assert_array_equal(image.isel(t=0).values, written.stored[..., 0])
+    with pytest.raises(CorruptDataError, match=victim.name):
+        image.isel(t=4).values
 
 
 def test_twist_like_frames_stack_in_time_by_tt_suffix(tmp_path):
@@ -433,3 +445,24 @@ def test_open_image_needs_exactly_one_series(tmp_path):
     with pytest.raises(ImageFormatError, match="holds 2 DICOM series"):
         mriflow.open_image(tmp_path)
     assert mriflow.open_image(tmp_path / "a").shape == (4, 4, 2)
+
+
+def test_cli_lists_series_and_describes_a_series_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from mriflow.cli import app
+
+    syn.write_series(tmp_path / "a", shape=(4, 4, 2), description="[b]bold? no", n_volumes=2)
+    syn.write_series(tmp_path / "b", shape=(4, 4, 2), series_number=2, description="vfa")
+    runner = CliRunner()
+    listing = runner.invoke(app, ["dicom", str(tmp_path)])
+    assert listing.exit_code == 0, listing.output
+    assert "2 DICOM series" in listing.output
+    assert "[b]bold? no" in listing.output
+    assert "dynamic" in listing.output
+    info = runner.invoke(app, ["info", str(tmp_path / "a")])
+    assert info.exit_code == 0, info.output
+    assert "t=2" in info.output
+    several = runner.invoke(app, ["info", str(tmp_path)])
+    assert several.exit_code == 1
+    assert "holds 2 DICOM series" in " ".join(several.output.split())

@@ -593,17 +593,30 @@ def _most_common(values: Iterable[Any]) -> Any:
 
 
 def _count_volumes(records: Sequence[FrameRecord]) -> int:
+    """Images per slice position (distinct timing/diffusion; exact repeats count once)."""
     temporal = {r.temporal_position for r in records if r.temporal_position is not None}
     if len(temporal) > 1:
         return len(temporal)
     if records and records[0].n_mosaic:
-        return len(records)
-    normal_positions = Counter(
-        _slice_key(r) for r in records if r.position is not None and r.orientation is not None
+        return len({_image_identity(r) for r in records})
+    per_position: dict[float, set[tuple[Any, ...]]] = defaultdict(set)
+    for record in records:
+        if record.position is not None and record.orientation is not None:
+            per_position[_slice_key(record)].add(_image_identity(record))
+    return max((len(v) for v in per_position.values()), default=1)
+
+
+def _image_identity(record: FrameRecord) -> tuple[Any, ...]:
+    return (
+        record.temporal_position,
+        record.acquisition_time,
+        record.trigger_time,
+        record.acquisition_number,
+        record.instance_number,
+        record.echo_number,
+        record.bvalue,
+        record.bvector,
     )
-    if not normal_positions:
-        return 1
-    return max(normal_positions.values())
 
 
 def _slice_key(record: FrameRecord) -> float:

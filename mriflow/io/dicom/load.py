@@ -113,8 +113,9 @@ def open_dicom_directory(
     if len(found) > 1:
         listing = "; ".join(f"{s.uid} ({s.description or 'no description'})" for s in found)
         raise ImageFormatError(
-            f"{directory}: holds {len(found)} DICOM series ({listing}); open one with "
-            "mriflow.load_dicom_series(mriflow.discover_dicom(path)[n])"
+            f"{directory}: holds {len(found)} DICOM series ({listing}); open one of its "
+            "folders, or pick a series from mriflow.discover_dicom(path) and load it with "
+            "mriflow.load_dicom_series"
         )
     return load_dicom_series(found[0], kind=kind or "scalar", modality=modality)
 

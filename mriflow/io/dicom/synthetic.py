@@ -197,7 +197,9 @@ def write_series(
     out.mkdir(parents=True, exist_ok=True)
     rows, columns, n_slices = shape
     study_uid = study_uid or _uid("study", seed)
-    series_uid = series_uid or _uid("series", study_uid, series_number, description, seed)
+    series_uid = series_uid or _uid(
+        "series", study_uid, series_number, description, seed, out.resolve()
+    )
     positions, affine = _geometry(orientation, origin, pixel_spacing, slice_spacing, n_slices)
     stored = _pattern(rows, columns, n_slices, n_volumes, seed)
     slope, intercept = rescale if rescale is not None else (1.0, 0.0)
@@ -281,7 +283,8 @@ def write_mosaic_series(
     rows, columns, n_slices = shape
     n_volumes = len(bvals)
     tiles = int(np.ceil(np.sqrt(n_slices)))
-    study_uid, series_uid = _uid("mosaic-study", seed), _uid("mosaic-series", seed)
+    study_uid = _uid("mosaic-study", seed)
+    series_uid = _uid("mosaic-series", seed, out.resolve())
     positions, affine = _geometry(orientation, origin, pixel_spacing, slice_spacing, n_slices)
     if bvecs_lps is None:
         bvecs_lps = np.zeros((n_volumes, 3))
@@ -372,7 +375,8 @@ def write_enhanced_series(
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     rows, columns, n_slices = shape
-    study_uid, series_uid = _uid("enhanced-study", seed), _uid("enhanced-series", seed)
+    study_uid = _uid("enhanced-study", seed)
+    series_uid = _uid("enhanced-series", seed, target.resolve())
     positions, affine = _geometry(orientation, origin, pixel_spacing, slice_spacing, n_slices)
     stored = _pattern(rows, columns, n_slices, n_volumes, seed)
     slope, intercept, scale = philips if philips is not None else (1.0, 0.0, None)
