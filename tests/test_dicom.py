@@ -466,3 +466,35 @@ def test_cli_lists_series_and_describes_a_series_folder(tmp_path):
     several = runner.invoke(app, ["info", str(tmp_path)])
     assert several.exit_code == 1
     assert "holds 2 DICOM series" in " ".join(several.output.split())
+
+
+@pytest.mark.filterwarnings("ignore:The pixel data is .* excess padding:UserWarning")
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MR_small_implicit.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_expb.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_padded.dcm",
+    ],
+)
+def test_transfer_syntaxes_of_mr_small_load_the_same_image(tmp_path, name):
+    reference = mriflow.open_image(
+        _copy(get_testdata_file("MR_small.dcm"), tmp_path / "ref").parent
+    )
+    image = mriflow.open_image(_copy(get_testdata_file(name), tmp_path / "variant").parent)
+    np.testing.assert_array_equal(image.values, reference.values)
+    np.testing.assert_allclose(image.attrs["affine"], reference.attrs["affine"])
+
+
+def test_compressed_pixels_without_a_decoder_fail_at_load_not_in_a_task(tmp_path):
+    from pydicom.pixels import get_decoder
+
+    directory = _copy(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"), tmp_path / "s").parent
+    reference = mriflow.open_image(_copy(get_testdata_file("MR_small.dcm"), tmp_path / "r").parent)
+    if get_decoder("1.2.840.10008.1.2.4.80").is_available:  # a JPEG-LS plugin is installed
+        np.testing.assert_array_equal(mriflow.open_image(directory).values, reference.values)
+    else:
+        with pytest.raises(ImageFormatError, match="no installed pydicom decoder"):
+            mriflow.open_image(directory)

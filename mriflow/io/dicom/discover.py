@@ -80,6 +80,7 @@ class FrameRecord:
     compressed: bool = False
     problem: str | None = None
     volume_hint: float | None = None
+    transfer_syntax: str = ""
     mosaic_affine: tuple[float, ...] | None = None
 
 
@@ -297,6 +298,11 @@ def _pixel_dtype(header: _Header) -> str:
     return f"<{kind}{bits // 8}" if bits > 8 else f"|{kind}1"
 
 
+def _transfer_syntax(header: _Header) -> str:
+    meta = getattr(header.dataset, "file_meta", None)
+    return str(getattr(meta, "TransferSyntaxUID", "") or "")
+
+
 def _pixel_problem(fp: Any, header: _Header, n_frames: int) -> tuple[str | None, bool]:
     """Check the PixelData element that follows the header: ``(problem or None, compressed)``.
 
@@ -447,6 +453,7 @@ def _records_of(
         philips_scale_slope=scale,
         dtype=_pixel_dtype(header),
         compressed=compressed,
+        transfer_syntax=_transfer_syntax(header),
         problem=problem,
     )
     return [record], info, None
@@ -471,7 +478,9 @@ def _multiframe_records(
     shared = shared_sequence[0] if shared_sequence else None
     per_frame = dataset.PerFrameFunctionalGroupsSequence
     top_scale = vendors.philips_scale_slope(dataset) if vendor == "philips" else None
-    dtype = _pixel_dtype(_Header(dataset))
+    header = _Header(dataset)
+    dtype = _pixel_dtype(header)
+    syntax = _transfer_syntax(header)
     records = []
     for index, frame_group in enumerate(per_frame):
         orientation_item = _group_item(frame_group, shared, "PlaneOrientationSequence")
@@ -524,6 +533,7 @@ def _multiframe_records(
                 philips_scale_slope=scale,
                 dtype=dtype,
                 compressed=compressed,
+                transfer_syntax=syntax,
                 problem=problem,
             )
         )

@@ -197,11 +197,31 @@ def _check_problems(label: str, records: Sequence[FrameRecord]) -> None:
             f"{label}: mixed PixelSpacing in one series: {_files(odd)} differ from "
             f"{records[0].path} ({list(spacing)})"
         )
+    _check_decoders(label, records)
     mosaic = {r.n_mosaic for r in records}
     if len(mosaic) > 1:
         raise ImageHeaderError(
             f"{label}: mixes mosaic and plain images (slices per mosaic: {sorted(mosaic)})"
         )
+
+
+def _check_decoders(label: str, records: Sequence[FrameRecord]) -> None:
+    """Fail at load time, not inside a dask task, when pydicom cannot decode the pixels."""
+    from pydicom.pixels import get_decoder
+
+    for syntax in sorted({r.transfer_syntax for r in records if r.compressed}):
+        files = [r for r in records if r.transfer_syntax == syntax]
+        try:
+            decoder = get_decoder(syntax)
+        except NotImplementedError:
+            decoder = None
+        if decoder is None or not decoder.is_available:
+            missing = "; ".join(decoder.missing_dependencies) if decoder is not None else ""
+            raise ImageFormatError(
+                f"{label}: {_files(files)}: pixel data is compressed with transfer syntax "
+                f"{syntax} and no installed pydicom decoder can read it"
+                + (f" ({missing})" if missing else "")
+            )
 
 
 # --- geometry ---------------------------------------------------------------------------------
