@@ -498,3 +498,23 @@ def test_compressed_pixels_without_a_decoder_fail_at_load_not_in_a_task(tmp_path
     else:
         with pytest.raises(ImageFormatError, match="no installed pydicom decoder"):
             mriflow.open_image(directory)
+
+
+def test_enhanced_diffusion_reads_per_frame_mr_diffusion_sequence(tmp_path):
+    directions = np.array([[0, 0, 0], [0.0, 0.8, 0.6], [1.0, 0.0, 0.0]])
+    written = syn.write_enhanced_series(
+        tmp_path / "dwi" / "enhanced.dcm",
+        orientation=OBLIQUE,
+        philips=None,
+        bvals=[0.0, 1000.0, 3000.0],
+        bvecs_lps=directions,
+    )
+    (series,) = mriflow.discover_dicom(tmp_path / "dwi")
+    assert series.role_hint == "dwi"
+    image = mriflow.load_dicom_series(series)
+    assert image.dims == ("i", "j", "k", "volume")
+    np.testing.assert_allclose(image.mri.bvals, [0, 1000, 3000])
+    world = np.c_[image.bvec_x, image.bvec_y, image.bvec_z]
+    np.testing.assert_allclose(world, directions * [-1, -1, 1], atol=1e-6)
+    np.testing.assert_array_equal(image.values, written.stored)
+    np.testing.assert_allclose(image.attrs["affine"], written.affine, atol=1e-5)

@@ -362,6 +362,8 @@ def write_enhanced_series(
     slice_spacing: float = 2.0,
     philips: tuple[float, float, float] | None = (2.5, -100.0, 0.4),
     temporal_resolution: float = 4.0,
+    bvals: Sequence[float] | None = None,
+    bvecs_lps: np.ndarray | None = None,
     shuffle_frames: bool = True,
     seed: int = 0,
 ) -> WrittenSeries:
@@ -370,7 +372,9 @@ def write_enhanced_series(
     Each frame has its own PlanePosition, FrameContent (TemporalPositionIndex,
     FrameAcquisitionDateTime) and PixelValueTransformation; ``philips=(RS, RI, SS)`` writes
     Philips' private ScaleSlope (2005,100E) in the per-frame private sequence (2005,140F), so
-    the physical value is ``(PV * RS + RI) / (RS * SS)``. Frames are stored in a shuffled order.
+    the physical value is ``(PV * RS + RI) / (RS * SS)``. ``bvals``/``bvecs_lps`` (one per
+    volume) write a per-frame MRDiffusionSequence (standard tags, as Siemens XA and Philips
+    enhanced exports do). Frames are stored in a shuffled order.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -444,6 +448,15 @@ def write_enhanced_series(
         transform.RescaleIntercept = f"{intercept:g}"
         transform.RescaleType = "US"
         group.PixelValueTransformationSequence = DicomSequence([transform])
+        if bvals is not None:
+            diffusion = Dataset()
+            diffusion.DiffusionBValue = float(bvals[volume])
+            diffusion.DiffusionDirectionality = "DIRECTIONAL" if bvals[volume] else "NONE"
+            if bvals[volume] and bvecs_lps is not None:
+                direction = Dataset()
+                direction.DiffusionGradientOrientation = [float(v) for v in bvecs_lps[volume]]
+                diffusion.DiffusionGradientDirectionSequence = DicomSequence([direction])
+            group.MRDiffusionSequence = DicomSequence([diffusion])
         if scale is not None:
             private = Dataset()
             _add_private(private, 0x2005, "Philips MR Imaging DD 001", 0x0E, "FL", scale)
@@ -459,6 +472,8 @@ def write_enhanced_series(
         physical=physical,
         affine=affine,
         series_uid=series_uid,
+        bvals=None if bvals is None else np.asarray(bvals, dtype=np.float64),
+        bvecs_lps=None if bvecs_lps is None else np.asarray(bvecs_lps, dtype=np.float64),
     )
 
 
