@@ -518,3 +518,25 @@ def test_enhanced_diffusion_reads_per_frame_mr_diffusion_sequence(tmp_path):
     np.testing.assert_allclose(world, directions * [-1, -1, 1], atol=1e-6)
     np.testing.assert_array_equal(image.values, written.stored)
     np.testing.assert_allclose(image.attrs["affine"], written.affine, atol=1e-5)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_unused_high_bits_are_ignored_like_pydicom(tmp_path, signed):
+    written = syn.write_series(tmp_path / "s", shape=(6, 5, 3))
+    rng = np.random.default_rng(3)
+    expected = {}
+    for path in written.files:
+        ds = pydicom.dcmread(path)
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, int(signed)
+        values = rng.integers(0, 2**16, size=(6, 5), dtype=np.uint16)  # garbage in bits 12-15
+        ds.PixelData = values.astype(np.int16 if signed else np.uint16).tobytes()
+        ds.save_as(path)
+        decoded = pydicom.dcmread(path).pixel_array
+        assert decoded.dtype == (np.int16 if signed else np.uint16)
+        expected[float(ds.ImagePositionPatient[2])] = decoded
+    image = mriflow.open_image(tmp_path / "s")
+    # axial IOP: the slice normal (column x row direction cosines) points to -z (inferior)
+    stacked = np.stack([expected[z] for z in sorted(expected, reverse=True)], axis=-1)
+    np.testing.assert_array_equal(image.values, stacked)
+    assert image.dtype == stacked.dtype
+    assert stacked.min() < 0 if signed else stacked.max() < 2**12

@@ -81,6 +81,9 @@ class FrameRecord:
     problem: str | None = None
     volume_hint: float | None = None
     transfer_syntax: str = ""
+    pixel_offset: int | None = None
+    stored_dtype: str = ""
+    unused_bits: int = 0
     mosaic_affine: tuple[float, ...] | None = None
 
 
@@ -303,15 +306,28 @@ def _transfer_syntax(header: _Header) -> str:
     return str(getattr(meta, "TransferSyntaxUID", "") or "")
 
 
-def _pixel_problem(fp: Any, header: _Header, n_frames: int) -> tuple[str | None, bool]:
-    """Check the PixelData element that follows the header: ``(problem or None, compressed)``.
+@dataclass(frozen=True)
+class _PixelLayout:
+    """What the PixelData element looks like on disk, checked without reading it."""
+
+    problem: str | None = None
+    compressed: bool = False
+    #: byte offset of the first frame when the values can be read straight from the file
+    #: (native encoding, one sample per pixel); None when pydicom must decode them
+    offset: int | None = None
+    stored_dtype: str = ""
+    unused_bits: int = 0
+
+
+def _pixel_layout(fp: Any, header: _Header, n_frames: int) -> _PixelLayout:
+    """Check the PixelData element that follows the header.
 
     ``fp`` stands where ``stop_before_pixels`` left it, at the PixelData tag.
     """
     meta = getattr(header.dataset, "file_meta", None)
     syntax = getattr(meta, "TransferSyntaxUID", None)
     if syntax is not None and syntax.is_deflated:
-        return None, True
+        return _PixelLayout(compressed=True)
     implicit = bool(syntax.is_implicit_VR) if syntax is not None else True
     little = bool(syntax.is_little_endian) if syntax is not None else True
     compressed = bool(syntax is not None and syntax.is_compressed)
@@ -319,39 +335,50 @@ def _pixel_problem(fp: Any, header: _Header, n_frames: int) -> tuple[str | None,
     head = fp.read(12)
     endian = "<" if little else ">"
     if len(head) < 8:
-        return "has no pixel data (file ends after the header)", compressed
+        return _PixelLayout("has no pixel data (file ends after the header)", compressed)
     group, element = struct.unpack(f"{endian}HH", head[:4])
     if (group << 16 | element) != _PIXEL_DATA:
-        return f"has no pixel data (found tag ({group:04X},{element:04X}) instead)", compressed
+        return _PixelLayout(
+            f"has no pixel data (found tag ({group:04X},{element:04X}) instead)", compressed
+        )
     if implicit:
         (length,) = struct.unpack(f"{endian}I", head[4:8])
         value_start = start + 8
     else:
         if len(head) < 12:
-            return "pixel data element is truncated", compressed
+            return _PixelLayout("pixel data element is truncated", compressed)
         (length,) = struct.unpack(f"{endian}I", head[8:12])
         value_start = start + 12
     size = os.fstat(fp.fileno()).st_size
     if length == _UNDEFINED_LENGTH:
-        return (None if size > value_start else "compressed pixel data is empty"), True
+        return _PixelLayout(
+            None if size > value_start else "compressed pixel data is empty", compressed=True
+        )
     rows = int(header.get("Rows", 0) or 0)
     columns = int(header.get("Columns", 0) or 0)
     samples = int(header.get("SamplesPerPixel", 1) or 1)
     bits = int(header.get("BitsAllocated", 16) or 16)
+    stored_bits = int(header.get("BitsStored", bits) or bits)
     expected = rows * columns * samples * n_frames * bits // 8
     available = size - value_start
     if available < min(length, expected):
-        return (
+        return _PixelLayout(
             f"pixel data is truncated: {available} bytes on disk, the header needs {expected}",
             compressed,
         )
     if length < expected:
-        return (
+        return _PixelLayout(
             f"pixel data is too short: {length} bytes for {n_frames} frame(s) of "
             f"{rows}x{columns} at {bits} bits ({expected} bytes)",
             compressed,
         )
-    return None, compressed
+    if compressed or samples != 1 or bits not in (8, 16, 32) or not 0 < stored_bits <= bits:
+        return _PixelLayout(compressed=compressed)
+    signed = int(header.get("PixelRepresentation", 0) or 0) == 1
+    stored_dtype = np.dtype(f"{'i' if signed else 'u'}{bits // 8}").newbyteorder(endian)
+    return _PixelLayout(
+        offset=value_start, stored_dtype=stored_dtype.str, unused_bits=bits - stored_bits
+    )
 
 
 def read_records(path: str) -> tuple[list[FrameRecord], dict[str, Any] | None, str | None]:
@@ -370,13 +397,13 @@ def read_records(path: str) -> tuple[list[FrameRecord], dict[str, Any] | None, s
                 return [], None, "DICOM image without SeriesInstanceUID"
             header = _Header(dataset)
             n_frames = max(_int(header.get("NumberOfFrames")) or 1, 1)
-            problem, compressed = _pixel_problem(fp, header, n_frames)
+            layout = _pixel_layout(fp, header, n_frames)
     except InvalidDicomError as exc:
         return [], None, f"not a DICOM file ({exc})"
     except (OSError, EOFError, ValueError, struct.error, KeyError, TypeError) as exc:
         return [], None, f"unreadable DICOM header ({type(exc).__name__}: {exc})"
     try:
-        return _records_of(path, header, n_frames, problem, compressed)
+        return _records_of(path, header, n_frames, layout)
     except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
         return [], None, f"header fields cannot be interpreted ({type(exc).__name__}: {exc})"
 
@@ -397,13 +424,13 @@ def _series_info(header: _Header) -> dict[str, Any]:
 
 
 def _records_of(
-    path: str, header: _Header, n_frames: int, problem: str | None, compressed: bool
+    path: str, header: _Header, n_frames: int, layout: _PixelLayout
 ) -> tuple[list[FrameRecord], dict[str, Any], None]:
     dataset = header.dataset
     info = _series_info(header)
     vendor = vendors.vendor_of(header)
     if "PerFrameFunctionalGroupsSequence" in dataset:
-        return _multiframe_records(path, dataset, vendor, problem, compressed), info, None
+        return _multiframe_records(path, dataset, vendor, layout), info, None
     csa = vendors.csa_image_header(dataset) if vendor == "siemens" else None
     n_mosaic = vendors.mosaic_slice_count(header, csa)
     rows, columns = int(header.get("Rows")), int(header.get("Columns"))
@@ -452,9 +479,12 @@ def _records_of(
         rescale_intercept=_float(header.get("RescaleIntercept")) or 0.0,
         philips_scale_slope=scale,
         dtype=_pixel_dtype(header),
-        compressed=compressed,
+        compressed=layout.compressed,
         transfer_syntax=_transfer_syntax(header),
-        problem=problem,
+        problem=layout.problem,
+        pixel_offset=layout.offset,
+        stored_dtype=layout.stored_dtype,
+        unused_bits=layout.unused_bits,
     )
     return [record], info, None
 
@@ -470,7 +500,7 @@ def _group_item(frame_group: Any, shared: Any, name: str) -> Any:
 
 
 def _multiframe_records(
-    path: str, dataset: Any, vendor: str, problem: str | None, compressed: bool
+    path: str, dataset: Any, vendor: str, layout: _PixelLayout
 ) -> list[FrameRecord]:
     """One record per frame of an enhanced multi-frame object (per-frame functional groups)."""
     info_uid = str(dataset.SeriesInstanceUID)
@@ -481,6 +511,7 @@ def _multiframe_records(
     header = _Header(dataset)
     dtype = _pixel_dtype(header)
     syntax = _transfer_syntax(header)
+    frame_bytes = int(dataset.Rows) * int(dataset.Columns) * np.dtype(dtype).itemsize
     records = []
     for index, frame_group in enumerate(per_frame):
         orientation_item = _group_item(frame_group, shared, "PlaneOrientationSequence")
@@ -532,9 +563,12 @@ def _multiframe_records(
                 or 0.0,
                 philips_scale_slope=scale,
                 dtype=dtype,
-                compressed=compressed,
+                compressed=layout.compressed,
                 transfer_syntax=syntax,
-                problem=problem,
+                problem=layout.problem,
+                pixel_offset=None if layout.offset is None else layout.offset + index * frame_bytes,
+                stored_dtype=layout.stored_dtype,
+                unused_bits=layout.unused_bits,
             )
         )
     return records

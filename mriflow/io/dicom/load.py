@@ -64,6 +64,9 @@ class _Read:
     rows: int
     columns: int
     dtype: str
+    offsets: tuple[int, ...] | None = None
+    stored_dtype: str = ""
+    unused_bits: int = 0
 
 
 # --- public entry points ----------------------------------------------------------------------
@@ -445,7 +448,11 @@ def _output_dtype(records: Sequence[FrameRecord]) -> np.dtype:
 
 def _read_of(frames: Sequence[FrameRecord], n_mosaic: int = 0) -> _Read:
     first = frames[0]
+    direct = not n_mosaic and all(r.pixel_offset is not None for r in frames)
     return _Read(
+        offsets=tuple(int(r.pixel_offset) for r in frames) if direct else None,  # type: ignore[arg-type]
+        stored_dtype=first.stored_dtype,
+        unused_bits=first.unused_bits,
         path=first.path,
         frames=None if first.frame is None else tuple(int(r.frame) for r in frames),  # type: ignore[arg-type]
         n_mosaic=n_mosaic,
@@ -522,6 +529,8 @@ def _read_pixels(read: _Read) -> np.ndarray:
     from pydicom.pixels import iter_pixels
 
     try:
+        if read.offsets is not None:
+            return _read_native(read)
         if read.n_mosaic:
             dataset = pydicom.dcmread(read.path)
             _, dicomwrappers = vendors._nicom()
@@ -538,6 +547,30 @@ def _read_pixels(read: _Read) -> np.ndarray:
         raise CorruptDataError(
             f"{read.path}: cannot decode the pixel data ({type(exc).__name__}: {exc})"
         ) from exc
+
+
+def _read_native(read: _Read) -> np.ndarray:
+    """Natively encoded frames read straight from their offsets (found at discovery).
+
+    Unused high bits (BitsStored < BitsAllocated) are cleared, or sign-extended for signed
+    data, by shifting up and back as PS3.5 8.1.1 requires (and as pydicom does).
+    """
+    dtype = np.dtype(read.stored_dtype)
+    count = read.rows * read.columns
+    frames = []
+    with open(read.path, "rb") as file:
+        for offset in read.offsets or ():
+            file.seek(offset)
+            frame = np.frombuffer(file.read(count * dtype.itemsize), dtype=dtype)
+            if frame.size != count:
+                raise CorruptDataError(
+                    f"{read.path}: pixel data ends early (file changed since discovery?)"
+                )
+            frames.append(frame.reshape(read.rows, read.columns))
+    pixels = np.stack(frames, axis=-1).astype(dtype.newbyteorder("="), copy=False)
+    if read.unused_bits:
+        pixels = np.right_shift(np.left_shift(pixels, read.unused_bits), read.unused_bits)
+    return pixels
 
 
 # --- the fourth axis --------------------------------------------------------------------------
