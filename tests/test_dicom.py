@@ -540,3 +540,26 @@ def test_unused_high_bits_are_ignored_like_pydicom(tmp_path, signed):
     np.testing.assert_array_equal(image.values, stacked)
     assert image.dtype == stacked.dtype
     assert stacked.min() < 0 if signed else stacked.max() < 2**12
+
+
+def test_in_plane_shifted_slice_is_a_geometry_error(tmp_path):
+    written = _series_files(tmp_path)
+    path = _by_slice(written)[2]
+    ds = pydicom.dcmread(path)
+    ds.ImagePositionPatient[0] = float(ds.ImagePositionPatient[0]) + 3.0
+    ds.save_as(path)
+    with pytest.raises(GeometryError, match=f"do not lie on one line.*{path.name}"):
+        mriflow.open_image(tmp_path / "s")
+
+
+def test_a_single_diffusion_volume_keeps_its_volume_axis(tmp_path):
+    syn.write_series(
+        tmp_path,
+        shape=(4, 4, 3),
+        vendor="standard",
+        bvals=[1000.0],
+        bvecs_lps=np.array([[0.0, 0.0, 1.0]]),
+    )
+    image = mriflow.open_image(tmp_path)
+    assert image.dims == ("i", "j", "k", "volume")
+    np.testing.assert_allclose(image.mri.bvals, [1000.0])

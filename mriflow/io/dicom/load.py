@@ -44,7 +44,8 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _POSITION_TOLERANCE_MM = 0.01
 _ORIENTATION_TOLERANCE = 1e-4
 _SPACING_TOLERANCE = 0.05  # relative spread of slice gaps accepted as regular
-_GAP_FACTOR = 1.5  # a gap this much wider than the typical one is a missing slice
+_GAP_FACTOR = 1.5
+_ALIGNMENT_TOLERANCE_MM = 0.05  # a gap this much wider than the typical one is a missing slice
 
 
 class DicomGeometryWarning(UserWarning):
@@ -334,6 +335,23 @@ def _check_spacing(label: str, groups: list[list[FrameRecord]], normal: np.ndarr
         )
 
 
+def _check_alignment(label: str, groups: list[list[FrameRecord]]) -> None:
+    """Slice positions must lie on one line, evenly spaced (no in-plane jumps)."""
+    if len(groups) < 3:
+        return
+    positions = np.array([g[0].position for g in groups], dtype=np.float64)
+    step = (positions[-1] - positions[0]) / (len(groups) - 1)
+    expected = positions[0] + np.outer(np.arange(len(groups)), step)
+    error = np.linalg.norm(positions - expected, axis=1)
+    if error.max() > _ALIGNMENT_TOLERANCE_MM:
+        index = int(np.argmax(error))
+        raise GeometryError(
+            f"{label}: slice positions do not lie on one line: {_files(groups[index][:1])} is "
+            f"{error[index]:.3f} mm off the line through the first and last slices "
+            "(ImagePositionPatient shifted in-plane)"
+        )
+
+
 def _slice_affine(groups: list[list[FrameRecord]], normal: np.ndarray) -> np.ndarray:
     """LPS affine of the sorted slices (first volume)."""
     first = groups[0][0]
@@ -378,6 +396,7 @@ def _assemble(
         groups = _drop_duplicates(label, _group_positions(label, records, normal))
         n_volumes = _check_counts(label, groups, normal)
         _check_spacing(label, groups, normal)
+        _check_alignment(label, groups)
         lps = _slice_affine(groups, normal)
         n_slices = len(groups)
         volumes = [[g[v] for g in groups] for v in range(n_volumes)]
@@ -385,7 +404,7 @@ def _assemble(
     affine = _LPS_TO_RAS @ lps
     data = _lazy_pixels(reads, k_chunks, first.rows, first.columns)
     coords, fourth = _volume_coords(label, volumes, members, affine)
-    if len(volumes) == 1:
+    if len(volumes) == 1 and fourth != "volume":
         data = data[..., 0]
         dims: tuple[str, ...] = ("i", "j", "k")
     else:
@@ -394,7 +413,7 @@ def _assemble(
     if fourth == "t" and len(volumes) > 1 and "t" in coords:
         times = np.asarray(coords["t"][1])
         zooms.append(float(np.median(np.diff(times))) if times.size > 1 else 0.0)
-    elif len(volumes) > 1:
+    elif len(dims) > 3:
         zooms.append(1.0)
     acquisition = members[0].acquisition()
     if len(members) > 1:
