@@ -290,20 +290,39 @@ def test_vfa_set_and_look_locker_roles(tmp_path):
     assert found["MOLLI T1 map"].role_hint == "t1_look_locker"
 
 
-@pytest.mark.parametrize("vendor", ["standard", "siemens", "philips", "ge"])
-def test_diffusion_tables_of_each_vendor_layout(tmp_path, vendor):
+CORONAL = syn.oblique_orientation((80.0, 5.0, 8.0))
+SAGITTAL = syn.oblique_orientation((5.0, 80.0, 8.0))
+
+
+@pytest.mark.parametrize(
+    ("vendor", "phase_encoding", "orientation"),
+    [
+        ("standard", "COL", OBLIQUE),
+        ("siemens", "COL", OBLIQUE),
+        ("philips", "COL", CORONAL),
+        ("ge", "COL", OBLIQUE),
+        ("ge", "ROW", OBLIQUE),
+        ("ge", "COL", CORONAL),
+        ("ge", "ROW", CORONAL),
+        ("ge", "ROW", SAGITTAL),
+    ],
+)
+def test_diffusion_tables_of_each_vendor_layout_match_dcm2niix(
+    tmp_path, vendor, phase_encoding, orientation
+):
     directions = np.array([[0, 0, 0], [1, 0, 0], [0, 0.6, 0.8], [0.48, 0.6, 0.64]])
     bvals = [0.0, 1000.0, 1000.0, 2000.0]
     written = syn.write_series(
-        tmp_path,
+        tmp_path / "dwi",
         shape=(6, 5, 3),
         n_volumes=4,
         vendor=vendor,
         bvals=bvals,
         bvecs_lps=directions,
-        orientation=OBLIQUE,
+        orientation=orientation,
+        phase_encoding=phase_encoding,
     )
-    (series,) = mriflow.discover_dicom(tmp_path)
+    (series,) = mriflow.discover_dicom(tmp_path / "dwi")
     assert series.role_hint == "dwi"
     image = mriflow.load_dicom_series(series)
     assert image.dims == ("i", "j", "k", "volume")
@@ -314,6 +333,12 @@ def test_diffusion_tables_of_each_vendor_layout(tmp_path, vendor):
     fsl = image.mri.bvecs("fsl")
     np.testing.assert_allclose(bvecs_to_world(fsl, image.mri.affine), world, atol=1e-5)
     np.testing.assert_array_equal(image.values, written.stored)
+    reference = _dcm2niix(tmp_path / "dwi", tmp_path / "nii")
+    np.testing.assert_allclose(np.loadtxt(tmp_path / "nii" / "converted.bval"), bvals, atol=1e-3)
+    ref_world = bvecs_to_world(np.loadtxt(tmp_path / "nii" / "converted.bvec").T, reference.affine)
+    # a gradient direction and its opposite are the same measurement
+    signs = np.sign(np.sum(ref_world * world, axis=1, keepdims=True)) + (world == 0).all(1)[:, None]
+    np.testing.assert_allclose(ref_world * signs, world, atol=1e-3)
 
 
 def test_siemens_mosaic_synthetic_unpacks_like_nicom(tmp_path):

@@ -22,6 +22,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
+from mriflow.io.dicom.vendors import ge_logical_axes
+
 __all__ = ["WrittenSeries", "write_enhanced_series", "write_mosaic_series", "write_series"]
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -124,7 +126,12 @@ def _add_private(
 
 
 def _diffusion_tags(
-    ds: Dataset, vendor: str, bvalue: float, vector_lps: np.ndarray, orientation: Sequence[float]
+    ds: Dataset,
+    vendor: str,
+    bvalue: float,
+    vector_lps: np.ndarray,
+    orientation: Sequence[float],
+    phase_encoding: str = "COL",
 ) -> None:
     if vendor == "standard":
         ds.add_new((0x0018, 0x9087), "FD", float(bvalue))
@@ -139,13 +146,11 @@ def _diffusion_tags(
     elif vendor == "ge":
         # b-value with GE's 1e9 offset; direction in GE's logical (freq, phase, slice) frame
         _add_private(ds, 0x0043, "GEMS_PARM_01", 0x39, "IS", [int(bvalue) + 1_000_000_000, 8, 0, 0])
-        row_cosine = np.asarray(orientation[:3])
-        column_cosine = np.asarray(orientation[3:])
-        normal = np.cross(row_cosine, column_cosine)
-        logical = [vector_lps @ row_cosine, vector_lps @ column_cosine, vector_lps @ normal]
+        axes = ge_logical_axes(orientation, phase_encoding)
+        logical = [float(np.dot(vector_lps, axis)) for axis in axes]
         for element, value in zip((0xBB, 0xBC, 0xBD), logical, strict=True):
             _add_private(ds, 0x0019, "GEMS_ACQU_01", element, "DS", f"{value:.6f}")
-        ds.InPlanePhaseEncodingDirection = "COL"
+        ds.InPlanePhaseEncodingDirection = phase_encoding
     else:
         raise ValueError(f"unknown vendor {vendor!r}")
 
@@ -175,6 +180,7 @@ def write_series(
     bvals: Sequence[float] | None = None,
     bvecs_lps: np.ndarray | None = None,
     rescale: tuple[float, float] | None = None,
+    phase_encoding: str = "COL",
     flip_angle: float = 15.0,
     repetition_time: float = 5.0,
     echo_time: float = 2.0,
@@ -190,7 +196,8 @@ def write_series(
     Volume ``v`` is acquired at ``start_time + v * temporal_resolution`` seconds after
     midnight (AcquisitionTime) and, when ``temporal_positions``, carries
     TemporalPositionIdentifier ``v + 1``. ``bvals`` (one per volume) and ``bvecs_lps``
-    (volumes x 3, patient LPS) write diffusion tags in ``vendor``'s layout. File names are
+    (volumes x 3, patient LPS) write diffusion tags in ``vendor``'s layout (GE's in the logical
+    frame of ``phase_encoding``, "COL" or "ROW"). File names are
     shuffled relative to slice order when ``shuffle_names``.
     """
     out = Path(out_dir)
@@ -244,7 +251,7 @@ def write_series(
             ds.RescaleIntercept = f"{intercept:g}"
         if bvals is not None:
             vector = np.zeros(3) if bvecs_lps is None else np.asarray(bvecs_lps)[volume]
-            _diffusion_tags(ds, vendor, bvals[volume], vector, orientation)
+            _diffusion_tags(ds, vendor, bvals[volume], vector, orientation, phase_encoding)
         ds.PixelData = np.ascontiguousarray(stored[:, :, slice_index, volume]).tobytes()
         path = out / f"{name_prefix}{int(order[index]) if shuffle_names else index:05d}.dcm"
         ds.save_as(path, enforce_file_format=True)

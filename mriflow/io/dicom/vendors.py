@@ -13,9 +13,8 @@ Direction conventions (all returned in DICOM patient space, LPS):
   axes, which are Philips' names for patient x (toward L), y (toward P), z (toward H): LPS.
 - GE (0043,1039) first value is the b-value, stored with a vendor offset of 1e9 on some
   software versions (decoded modulo 1e9); (0019,10BB/10BC/10BD) are components in GE's
-  logical frame (frequency, phase, slice), mapped to patient space through the image plane:
-  frequency along the rows (column-index direction) unless InPlanePhaseEncodingDirection is
-  ``ROW``, phase along the other in-plane axis, slice along the slice normal.
+  logical frame (frequency, phase, slice), mapped to patient space through the image plane
+  as :func:`ge_logical_axes` describes (dcm2niix's conventions).
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ __all__ = [
     "csa_image_header",
     "diffusion_info",
     "frame_diffusion_info",
+    "ge_logical_axes",
     "mosaic_slice_count",
     "philips_scale_slope",
     "vendor_of",
@@ -192,15 +192,36 @@ def _ge_diffusion(dataset: Any) -> DiffusionInfo:
     orientation = _as_floats(dataset.get("ImageOrientationPatient"))
     if orientation is None or len(orientation) != 6:
         return bvalue, None
-    row_cosine = np.asarray(orientation[:3])
-    column_cosine = np.asarray(orientation[3:])
-    normal = np.cross(row_cosine, column_cosine)
-    phase_along_rows = str(dataset.get("InPlanePhaseEncodingDirection", "COL")).upper() == "ROW"
-    frequency_axis, phase_axis = (
-        (column_cosine, row_cosine) if phase_along_rows else (row_cosine, column_cosine)
+    frequency_axis, phase_axis, slice_axis = ge_logical_axes(
+        orientation, str(dataset.get("InPlanePhaseEncodingDirection", "COL") or "COL")
     )
-    patient = logical[0] * frequency_axis + logical[1] * phase_axis + logical[2] * normal
+    patient = logical[0] * frequency_axis + logical[1] * phase_axis + logical[2] * slice_axis
     return bvalue, _unit(list(patient))
+
+
+def ge_logical_axes(
+    orientation: Any, phase_encoding: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Patient (LPS) directions of GE's logical gradient axes (frequency, phase, slice).
+
+    With column phase encoding, frequency runs along the rows (the row direction cosine),
+    phase along the columns, and slice along column x row (the slice normal nibabel and
+    mriflow order slices by). With ``ROW`` phase encoding frequency and phase swap and the
+    frequency axis points against the column direction; for coronal slices (slice normal
+    closest to anterior-posterior) the phase axis is reversed. These are the conventions
+    dcm2niix applies to GE data (validated by GE on a multi-orientation phantom series);
+    the tests check mriflow against dcm2niix for axial, coronal and sagittal, COL and ROW.
+    """
+    values = np.asarray([float(v) for v in orientation], dtype=np.float64)
+    row_cosine, column_cosine = values[:3], values[3:]
+    slice_axis = np.cross(column_cosine, row_cosine)
+    if phase_encoding.strip().upper() == "ROW":
+        frequency_axis, phase_axis = -column_cosine, row_cosine
+    else:
+        frequency_axis, phase_axis = row_cosine, column_cosine
+    if int(np.argmax(np.abs(slice_axis))) == 1:  # coronal slices: GE's phase axis flips
+        phase_axis = -phase_axis
+    return frequency_axis, phase_axis, slice_axis
 
 
 def _philips_diffusion(dataset: Any) -> DiffusionInfo:
