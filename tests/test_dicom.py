@@ -15,6 +15,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import dask
 import nibabel as nib
 import numpy as np
 import pydicom
@@ -194,7 +195,10 @@ def test_oblique_shuffled_series_matches_written_geometry_and_dcm2niix(tmp_path)
     assert image.dtype == np.float32
     np.testing.assert_allclose(image.values, written.physical[..., 0])
     np.testing.assert_allclose(image.attrs["affine"], written.affine, atol=1e-5)
-    assert image.data.numblocks == (1, 1, 7)  # one task per file
+    assert image.data.numblocks == (1, 1, 1)  # the volume's 7 files fit one block
+    per_file = mriflow.open_image(tmp_path / "t1", chunks="file")
+    assert per_file.data.numblocks == (1, 1, 7)  # one task per file
+    np.testing.assert_array_equal(per_file.values, image.values)
     reference = _dcm2niix(tmp_path / "t1", tmp_path / "nii")
     ours_data, ours_affine = _canonical(image)
     ref_data, ref_affine = _canonical(reference)
@@ -220,7 +224,11 @@ def test_dynamic_series_has_time_in_seconds_and_is_lazy(tmp_path):
     image = mriflow.load_dicom_series(series)
     assert image.dims == ("i", "j", "k", "t")
     np.testing.assert_allclose(image["t"].values, np.arange(5) * 2.5, atol=1e-3)
-    assert image.data.numblocks == (1, 1, 4, 5)
+    assert image.data.numblocks == (1, 1, 1, 5)  # one block of files per time point
+    with dask.config.set({"array.chunk-size": f"{8 * 6 * 4 * 2}B"}):
+        slabs = mriflow.load_dicom_series(series)
+    assert slabs.data.chunks[2] == (2, 2)  # two float32-sized slices fit a block
+    np.testing.assert_array_equal(slabs.values, written.stored)
     np.testing.assert_array_equal(image.isel(t=3, k=2).values, written.stored[:, :, 2, 3])
     restored = pickle.loads(pickle.dumps(image))
     np.testing.assert_array_equal(restored.values, written.stored)

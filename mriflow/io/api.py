@@ -47,8 +47,9 @@ def open_image(
     if path.is_dir():
         from mriflow.io.dicom import open_dicom_directory
 
-        image = open_dicom_directory(path, kind=kind, modality=modality)
-        return image if chunks in ("auto", None) else image.chunk(chunks)
+        return open_dicom_directory(
+            path, chunks="auto" if chunks is None else chunks, kind=kind, modality=modality
+        )
     if nifti_suffix(path) is None:
         if not path.exists():
             raise MissingFileError(f"{path}: no such file or directory")

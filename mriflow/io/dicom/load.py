@@ -21,10 +21,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.base import tokenize
+from dask.utils import parse_bytes
 
 from mriflow.errors import (
     CorruptDataError,
@@ -76,7 +78,7 @@ class _Read:
 def load_dicom_series(
     series: DicomSeries | Sequence[DicomSeries],
     *,
-    chunks: Any = None,
+    chunks: Any = "auto",
     kind: str = "scalar",
     modality: str | None = None,
 ) -> xr.DataArray:
@@ -87,7 +89,10 @@ def load_dicom_series(
     order of their ``trigger_time_hint`` (else acquisition time, else series number).
     Returns dims ``(i, j, k)``, ``(i, j, k, t)`` with ``t`` in seconds, or ``(i, j, k,
     volume)`` with ``bval``/``bvec_x``/``bvec_y``/``bvec_z`` coordinates (world RAS+) for
-    diffusion. Pixels stay on disk until computed; ``chunks`` rechunks the dask array.
+    diffusion. Pixels stay on disk until computed, read by one dask task per block:
+    ``chunks="auto"`` makes a block of each volume's slices up to dask's
+    ``array.chunk-size`` (a whole multi-frame volume or mosaic is always one block),
+    ``chunks="file"`` one block per slice file; any other dask chunk spec rechunks that.
     """
     members = [series] if isinstance(series, DicomSeries) else list(series)
     if not members or not all(isinstance(s, DicomSeries) for s in members):
@@ -95,8 +100,8 @@ def load_dicom_series(
     label = _label(members)
     records = _stacked_records(members)
     _check_problems(label, records)
-    image = _assemble(label, records, members)
-    if chunks is not None:
+    image = _assemble(label, records, members, 1 if chunks == "file" else None)
+    if chunks not in ("auto", "file", None):
         image = image.chunk(chunks)
     image.attrs["kind"] = kind
     if modality is not None:
@@ -105,7 +110,11 @@ def load_dicom_series(
 
 
 def open_dicom_directory(
-    directory: str | os.PathLike[str], *, kind: str | None = None, modality: str | None = None
+    directory: str | os.PathLike[str],
+    *,
+    chunks: Any = "auto",
+    kind: str | None = None,
+    modality: str | None = None,
 ) -> xr.DataArray:
     """Open a directory holding exactly one DICOM image series (used by ``open_image``)."""
     found = discover_dicom(directory)
@@ -121,7 +130,7 @@ def open_dicom_directory(
             "folders, or pick a series from mriflow.discover_dicom(path) and load it with "
             "mriflow.load_dicom_series"
         )
-    return load_dicom_series(found[0], kind=kind or "scalar", modality=modality)
+    return load_dicom_series(found[0], chunks=chunks, kind=kind or "scalar", modality=modality)
 
 
 # --- checks -----------------------------------------------------------------------------------
@@ -183,19 +192,19 @@ def _check_problems(label: str, records: Sequence[FrameRecord]) -> None:
             f"{label}: {_files(missing)} lack ImageOrientationPatient, ImagePositionPatient or "
             "PixelSpacing, so the slices have no position in space"
         )
-    reference = np.asarray(records[0].orientation)
-    odd = [
-        r
-        for r in records
-        if not np.allclose(np.asarray(r.orientation), reference, atol=_ORIENTATION_TOLERANCE)
-    ]
+    orientations = np.array([r.orientation for r in records], dtype=np.float64)
+    reference = orientations[0]
+    differs = np.abs(orientations - reference).max(axis=1) > _ORIENTATION_TOLERANCE
+    odd = [r for r, bad in zip(records, differs, strict=True) if bad]
     if odd:
         raise GeometryError(
             f"{label}: mixed slice orientations in one series: {_files(odd)} differ from "
             f"{records[0].path} (ImageOrientationPatient {list(reference)})"
         )
-    spacing = np.asarray(records[0].pixel_spacing)
-    odd = [r for r in records if not np.allclose(np.asarray(r.pixel_spacing), spacing, rtol=1e-4)]
+    spacings = np.array([r.pixel_spacing for r in records], dtype=np.float64)
+    spacing = spacings[0]
+    differs = (np.abs(spacings - spacing) > 1e-4 * np.abs(spacing)).any(axis=1)
+    odd = [r for r, bad in zip(records, differs, strict=True) if bad]
     if odd:
         raise GeometryError(
             f"{label}: mixed PixelSpacing in one series: {_files(odd)} differ from "
@@ -374,7 +383,10 @@ def _slice_affine(groups: list[list[FrameRecord]], normal: np.ndarray) -> np.nda
 
 
 def _assemble(
-    label: str, records: list[FrameRecord], members: Sequence[DicomSeries]
+    label: str,
+    records: list[FrameRecord],
+    members: Sequence[DicomSeries],
+    files_per_block: int | None,
 ) -> xr.DataArray:
     first = records[0]
     _, _, normal = _in_plane_axes(first)
@@ -390,7 +402,7 @@ def _assemble(
             raise GeometryError(f"{label}: {first.path}: the mosaic geometry is incomplete")
         lps = np.asarray(first.mosaic_affine).reshape(4, 4)
         n_slices = first.n_mosaic
-        reads = [[_read_of(v, v[0].n_mosaic)] for v in volumes]
+        reads = [[(_read_of(v, v[0].n_mosaic),)] for v in volumes]
         k_chunks: tuple[int, ...] = (n_slices,)
     else:
         groups = _drop_duplicates(label, _group_positions(label, records, normal))
@@ -400,7 +412,7 @@ def _assemble(
         lps = _slice_affine(groups, normal)
         n_slices = len(groups)
         volumes = [[g[v] for g in groups] for v in range(n_volumes)]
-        reads, k_chunks = _plan_reads(volumes)
+        reads, k_chunks = _plan_reads(volumes, files_per_block)
     affine = _LPS_TO_RAS @ lps
     data = _lazy_pixels(reads, k_chunks, first.rows, first.columns)
     coords, fourth = _volume_coords(label, volumes, members, affine)
@@ -484,31 +496,50 @@ def _read_of(frames: Sequence[FrameRecord], n_mosaic: int = 0) -> _Read:
     )
 
 
-def _plan_reads(volumes: list[list[FrameRecord]]) -> tuple[list[list[_Read]], tuple[int, ...]]:
-    """One read per file, or per frame group when a volume lies in one multi-frame file."""
+def _plan_reads(
+    volumes: list[list[FrameRecord]], files_per_block: int | None
+) -> tuple[list[list[tuple[_Read, ...]]], tuple[int, ...]]:
+    """Reads grouped into blocks: per volume, runs of ``files_per_block`` slices.
+
+    A volume that lies in one multi-frame file is one frame group (one read); otherwise
+    each slice file is one read and a block reads a run of consecutive slices
+    (``files_per_block=None``: as many as fit dask's ``array.chunk-size``).
+    """
     n_slices = len(volumes[0])
     grouped = all(v[0].frame is not None and len({r.path for r in v}) == 1 for v in volumes)
     dtype = _output_dtype([r for v in volumes for r in v])
     if grouped:
-        reads = [[replace(_read_of(v), dtype=dtype.str)] for v in volumes]
-        return reads, (n_slices,)
-    reads = [[replace(_read_of([r]), dtype=dtype.str) for r in v] for v in volumes]
-    return reads, (1,) * n_slices
+        return [[(replace(_read_of(v), dtype=dtype.str),)] for v in volumes], (n_slices,)
+    if files_per_block is None:
+        limit = parse_bytes(dask.config.get("array.chunk-size"))
+        slice_bytes = volumes[0][0].rows * volumes[0][0].columns * max(dtype.itemsize, 4)
+        files_per_block = max(1, min(n_slices, limit // max(slice_bytes, 1)))
+    starts = range(0, n_slices, files_per_block)
+    reads = [
+        [
+            tuple(
+                replace(_read_of([r]), dtype=dtype.str) for r in v[start : start + files_per_block]
+            )
+            for start in starts
+        ]
+        for v in volumes
+    ]
+    return reads, tuple(min(files_per_block, n_slices - start) for start in starts)
 
 
 def _lazy_pixels(
-    reads: list[list[_Read]], k_chunks: tuple[int, ...], rows: int, columns: int
+    reads: list[list[tuple[_Read, ...]]], k_chunks: tuple[int, ...], rows: int, columns: int
 ) -> da.Array:
-    """``(rows, columns, slices, volumes)`` dask array, one task per read."""
+    """``(rows, columns, slices, volumes)`` dask array, one task per block of reads."""
     plan = np.empty((len(reads[0]), len(reads)), dtype=object)
     for volume, volume_reads in enumerate(reads):
-        for block, read in enumerate(volume_reads):
-            plan[block, volume] = read
-    dtype = np.dtype(reads[0][0].dtype)
-    signatures = [
-        (read.path, os.stat(read.path).st_mtime_ns) for volume in reads for read in volume
-    ]
-    plan_array = da.from_array(plan, chunks=1, name=f"dicom-plan-{tokenize(plan.tolist())}")
+        for block, block_reads in enumerate(volume_reads):
+            plan[block, volume] = block_reads
+    dtype = np.dtype(reads[0][0][0].dtype)
+    signatures = sorted({read.path for volume in reads for block in volume for read in block})
+    stamps = [(path, os.stat(path).st_mtime_ns) for path in signatures]
+    plan_token = tokenize(plan.tolist())
+    plan_array = da.from_array(plan, chunks=1, name=f"dicom-plan-{plan_token}")
     return da.map_blocks(
         _read_block,
         plan_array,
@@ -516,30 +547,37 @@ def _lazy_pixels(
         chunks=((rows,), (columns,), k_chunks, (1,) * len(reads)),
         dtype=dtype,
         meta=np.empty((0, 0, 0, 0), dtype=dtype),
-        name=f"dicom-{tokenize(plan.tolist(), signatures)}",
+        name=f"dicom-{tokenize(plan_token, stamps)}",
     )
 
 
 def _read_block(plan: np.ndarray) -> np.ndarray:
     """Pixels of one block: ``(rows, columns, slices, 1)``, scaled to physical values."""
-    read: _Read = plan.ravel()[0]
+    reads: tuple[_Read, ...] = plan.ravel()[0]
+    parts = [_scaled_pixels(read) for read in reads]
+    pixels = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
+    return pixels[..., None]
+
+
+def _scaled_pixels(read: _Read) -> np.ndarray:
+    """One read's slices ``(rows, columns, n)`` in physical values and the output dtype."""
     pixels = _read_pixels(read)
     if pixels.shape[:2] != (read.rows, read.columns):
         raise CorruptDataError(
             f"{read.path}: pixel data has shape {pixels.shape[:2]}, the header says "
             f"{read.rows}x{read.columns}"
         )
-    out = pixels.astype(np.float64) if np.dtype(read.dtype).kind == "f" else pixels
-    if np.dtype(read.dtype).kind == "f":
-        slopes = np.asarray(read.slopes)
-        intercepts = np.asarray(read.intercepts)
-        out = out * slopes + intercepts
-        philips = np.array([np.nan if s is None else s for s in read.philips_scales])
-        if np.any(np.isfinite(philips)):
-            # Philips floating point value: FP = (PV * RS + RI) / (RS * SS)
-            divisor = np.where(np.isfinite(philips), slopes * philips, 1.0)
-            out = out / divisor
-    return out.astype(read.dtype, copy=False)[..., None]
+    if np.dtype(read.dtype).kind != "f":
+        return pixels.astype(read.dtype, copy=False)
+    slopes = np.asarray(read.slopes)
+    intercepts = np.asarray(read.intercepts)
+    out = pixels.astype(np.float64) * slopes + intercepts
+    philips = np.array([np.nan if s is None else s for s in read.philips_scales])
+    if np.any(np.isfinite(philips)):
+        # Philips floating point value: FP = (PV * RS + RI) / (RS * SS)
+        divisor = np.where(np.isfinite(philips), slopes * philips, 1.0)
+        out = out / divisor
+    return out.astype(read.dtype, copy=False)
 
 
 def _read_pixels(read: _Read) -> np.ndarray:
