@@ -8,6 +8,7 @@ from mriflow import image as _image  # noqa: F401  (registers the ``.mri`` acces
 from mriflow._version import __version__
 from mriflow.errors import (
     CorruptDataError,
+    DicomGeometryWarning,
     GeometryError,
     ImageFormatError,
     ImageHeaderError,
@@ -21,6 +22,7 @@ from mriflow.io.dicom import DicomSeries, discover_dicom, load_dicom_series
 
 __all__ = [
     "CorruptDataError",
+    "DicomGeometryWarning",
     "DicomSeries",
     "GeometryError",
     "ImageFormatError",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "CorruptDataError",
+    "DicomGeometryWarning",
     "GeometryError",
     "ImageFormatError",
     "ImageHeaderError",
@@ -45,3 +46,7 @@ class GeometryError(MriflowError, ValueError):
 
 class SidecarError(MriflowError, ValueError):
     """A sidecar file (BIDS JSON, FSL .bval/.bvec) is malformed or does not match the image."""
+
+
+class DicomGeometryWarning(UserWarning):
+    """A DICOM series had a problem with a safe fix (e.g. a repeated image that was dropped)."""

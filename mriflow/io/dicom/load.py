@@ -30,6 +30,7 @@ from dask.utils import parse_bytes
 
 from mriflow.errors import (
     CorruptDataError,
+    DicomGeometryWarning,
     GeometryError,
     ImageFormatError,
     ImageHeaderError,
@@ -48,10 +49,6 @@ _ORIENTATION_TOLERANCE = 1e-4
 _SPACING_TOLERANCE = 0.05  # relative spread of slice gaps accepted as regular
 _GAP_FACTOR = 1.5
 _ALIGNMENT_TOLERANCE_MM = 0.05  # a gap this much wider than the typical one is a missing slice
-
-
-class DicomGeometryWarning(UserWarning):
-    """A series had a problem with a safe fix (e.g. a duplicated slice that was dropped)."""
 
 
 @dataclass(frozen=True)
