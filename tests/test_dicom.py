@@ -596,3 +596,18 @@ def test_a_single_diffusion_volume_keeps_its_volume_axis(tmp_path):
     image = mriflow.open_image(tmp_path)
     assert image.dims == ("i", "j", "k", "volume")
     np.testing.assert_allclose(image.mri.bvals, [1000.0])
+
+
+def test_parallel_discovery_finds_the_same_series(tmp_path):
+    for index in range(3):
+        syn.write_series(
+            tmp_path / f"s{index}", shape=(4, 4, 3), n_volumes=2, series_number=index + 1
+        )
+    (tmp_path / "junk.bin").write_bytes(b"\x00" * 300)
+    serial = mriflow.discover_dicom(tmp_path, workers=1)
+    parallel = mriflow.discover_dicom(tmp_path, workers=2)
+    assert [s.uid for s in serial] == [s.uid for s in parallel]
+    assert [s.records for s in serial] == [s.records for s in parallel]
+    assert [s.n_files for s in serial] == [6, 6, 6]
+    single = mriflow.discover_dicom(serial[0].files[0])  # a single file works too
+    assert single[0].n_files == 1

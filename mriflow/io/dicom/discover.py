@@ -375,7 +375,7 @@ def _pixel_layout(fp: Any, header: _Header, n_frames: int) -> _PixelLayout:
     if compressed or samples != 1 or bits not in (8, 16, 32) or not 0 < stored_bits <= bits:
         return _PixelLayout(compressed=compressed)
     signed = int(header.get("PixelRepresentation", 0) or 0) == 1
-    stored_dtype = np.dtype(f"{'i' if signed else 'u'}{bits // 8}").newbyteorder(endian)
+    stored_dtype = np.dtype(f"{endian}{'i' if signed else 'u'}{bits // 8}")
     return _PixelLayout(
         offset=value_start, stored_dtype=stored_dtype.str, unused_bits=bits - stored_bits
     )

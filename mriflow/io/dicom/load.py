@@ -399,7 +399,7 @@ def _assemble(
             raise GeometryError(f"{label}: {first.path}: the mosaic geometry is incomplete")
         lps = np.asarray(first.mosaic_affine).reshape(4, 4)
         n_slices = first.n_mosaic
-        reads = [[(_read_of(v, v[0].n_mosaic),)] for v in volumes]
+        reads: list[list[tuple[_Read, ...]]] = [[(_read_of(v, v[0].n_mosaic),)] for v in volumes]
         k_chunks: tuple[int, ...] = (n_slices,)
     else:
         groups = _drop_duplicates(label, _group_positions(label, records, normal))
