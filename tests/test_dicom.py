@@ -611,3 +611,26 @@ def test_parallel_discovery_finds_the_same_series(tmp_path):
     assert [s.n_files for s in serial] == [6, 6, 6]
     single = mriflow.discover_dicom(serial[0].files[0])  # a single file works too
     assert single[0].n_files == 1
+
+
+def test_a_dicom_series_computes_on_a_local_cluster(tmp_path):
+    from mriflow.cluster import get_client
+
+    directions = np.array([[0, 0, 0], [1, 0, 0], [0, 0.6, 0.8]])
+    written = syn.write_series(
+        tmp_path,
+        shape=(6, 5, 4),
+        n_volumes=3,
+        vendor="ge",
+        bvals=[0, 1000, 1000],
+        bvecs_lps=directions,
+        rescale=(0.5, 1.0),
+    )
+    image = mriflow.open_image(tmp_path, chunks="file")
+    client = get_client(n_workers=2, threads_per_worker=1, dashboard=False)
+    try:
+        mean = client.compute(image.mean("volume")).result()
+    finally:
+        client.close()
+        client.cluster.close()
+    np.testing.assert_allclose(mean.values, written.physical.mean(axis=-1), rtol=1e-6)
