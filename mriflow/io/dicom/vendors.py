@@ -240,10 +240,12 @@ def diffusion_info(dataset: Any, vendor: str, csa: dict[str, Any] | None) -> Dif
     """``(b-value, unit direction in patient LPS)`` of a single-frame image; Nones if absent.
 
     The standard tags win when present; otherwise the vendor's private layout is decoded.
+    ``dataset`` is a pydicom Dataset or discovery's fast read-only view of one.
     """
     bvalue, direction = _standard_diffusion(dataset)
     if bvalue is not None:
         return bvalue, direction if direction is not None or bvalue else (0.0, 0.0, 0.0)
+    dataset = getattr(dataset, "dataset", dataset)  # the pydicom Dataset behind a fast view
     if vendor == "siemens":
         return _siemens_diffusion(dataset, csa)
     if vendor == "ge":
