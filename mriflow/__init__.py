@@ -13,6 +13,7 @@ from mriflow.errors import (
     AcquisitionError,
     BidsError,
     CorruptDataError,
+    DicomGeometryWarning,
     FitInputError,
     GeometryError,
     ImageFormatError,
@@ -31,6 +32,7 @@ from mriflow.errors import (
 )
 from mriflow.image import from_array
 from mriflow.io import convert, open_image, open_zarr, to_nifti, to_zarr
+from mriflow.io.dicom import DicomSeries, discover_dicom, load_dicom_series
 
 __all__ = [
     "AcquisitionError",
@@ -44,6 +46,8 @@ __all__ = [
     "load_bids_with_m0",
     "CorruptDataError",
     "FitInputError",
+    "DicomGeometryWarning",
+    "DicomSeries",
     "GeometryError",
     "ImageFormatError",
     "ImageHeaderError",
@@ -54,7 +58,9 @@ __all__ = [
     "__version__",
     "data",
     "fit",
+    "discover_dicom",
     "from_array",
+    "load_dicom_series",
     "open_image",
     "to_nifti",
     "IncompleteStoreError",

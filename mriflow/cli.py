@@ -103,13 +103,44 @@ def _describe(image: Any) -> Table:
 @app.command()
 @_reports_errors
 def info(
-    path: Annotated[Path, typer.Argument(help="An image file (NIfTI, NIfTI pair, Analyze).")],
+    path: Annotated[
+        Path,
+        typer.Argument(help="An image file (NIfTI, NIfTI pair, Analyze) or a DICOM series folder."),
+    ],
 ) -> None:
     """Dims, shape, dtype, affine, orientation and spacing of an image (headers only)."""
     from mriflow.io import open_image
 
     image = open_image(path)
     console.print(_describe(image))
+
+
+@app.command("dicom")
+@_reports_errors
+def dicom_series(
+    directory: Annotated[Path, typer.Argument(help="A folder searched recursively for DICOM.")],
+) -> None:
+    """List the DICOM series under a folder, read from headers only (no identity shown)."""
+    from rich.markup import escape
+
+    from mriflow.io.dicom import discover_dicom
+
+    found = discover_dicom(directory)
+    table = Table(title=f"{len(found)} DICOM series in {directory}")
+    for column in ("#", "description", "role", "matrix", "files", "volumes", "flip", "group"):
+        table.add_column(column)
+    for index, series in enumerate(found):
+        table.add_row(
+            str(index),
+            escape(series.description or "-"),
+            series.role_hint,
+            f"{series.rows}x{series.columns}",
+            str(series.n_files),
+            str(series.n_temporal_positions),
+            "-" if series.flip_angle is None else f"{series.flip_angle:g}",
+            escape(series.group_key.rsplit("|", 1)[-1]) if series.group_key else "-",
+        )
+    console.print(table)
 
 
 @app.command()

@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "CorruptDataError",
     "FitInputError",
+    "DicomGeometryWarning",
     "GeometryError",
     "ImageFormatError",
     "ImageHeaderError",
@@ -109,3 +110,7 @@ class StoreWriteError(MriflowError, OSError):
 
 class MissingAffineWarning(MriflowWarning):
     """A store written by another tool has no affine; the NGFF scale/translation is used."""
+
+
+class DicomGeometryWarning(UserWarning):
+    """A DICOM series had a problem with a safe fix (e.g. a repeated image that was dropped)."""

@@ -30,7 +30,8 @@ def open_image(
     """Open an image lazily as a dask-backed ``xarray.DataArray``.
 
     ``source`` is a path to a NIfTI-1/2 (``.nii``, ``.nii.gz``), NIfTI pair or Analyze file,
-    a NIfTI-Zarr store (``*.zarr`` or an fsspec URL, see :func:`mriflow.open_zarr`), or a
+    a NIfTI-Zarr store (``*.zarr`` or an fsspec URL, see :func:`mriflow.open_zarr`),
+    a directory holding one DICOM series (see :func:`mriflow.load_dicom_series`), or a
     numpy/dask array together with ``affine`` (see :func:`mriflow.from_array`).
 
     Only headers are read here. ``chunks="auto"`` keeps every non-spatial axis (``volume``,
@@ -70,6 +71,17 @@ def open_image(
             raise ImageFormatError(f"{source}: holds a Dataset of maps; use mriflow.open_zarr")
         return image
     path = Path(source).expanduser()
+    if path.is_dir() and nifti_suffix(path) is not None:
+        raise ImageFormatError(
+            f"{path}: is a directory, though named like a NIfTI file; give the image file "
+            "(a directory opens only as a DICOM series)"
+        )
+    if path.is_dir():
+        from mriflow.io.dicom import open_dicom_directory
+
+        return open_dicom_directory(
+            path, chunks="auto" if chunks is None else chunks, kind=kind, modality=modality
+        )
     if nifti_suffix(path) is None:
         if not path.exists():
             raise MissingFileError(f"{path}: no such file or directory")
