@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mriflow._version import __version__
@@ -65,7 +66,9 @@ def _reports_errors(command: Callable[..., None]) -> Callable[..., None]:
         except MriflowError as exc:
             if _state["verbose"]:
                 raise
-            Console(stderr=True, highlight=False).print(f"[red]error:[/] {exc}")
+            Console(stderr=True, highlight=False, soft_wrap=True).print(
+                f"[red]error:[/] {escape(str(exc))}"
+            )
             raise typer.Exit(1) from None
 
     return wrapper
@@ -315,6 +318,51 @@ def convert(
             raise
         raise typer.BadParameter(str(exc)) from None
     _say(f"wrote {written} in {time.perf_counter() - started:.1f} s")
+
+
+@app.command("run")
+@_reports_errors
+def run_command(
+    config: Annotated[
+        Path | None, typer.Argument(help="Pipeline YAML (see --dump-defaults).")
+    ] = None,
+    source: Annotated[
+        str | None, typer.Argument(help="Input: NIfTI file, DICOM folder, zarr store, BIDS root.")
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path(
+        "mriflow-out"
+    ),
+    scheduler: Annotated[
+        str | None, typer.Option(help="Address of a dask scheduler (overrides the config).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
+    validate: Annotated[bool, typer.Option(help="Only check the config, run nothing.")] = False,
+    dump_defaults: Annotated[
+        str | None, typer.Option(help="Print the default config for 'dce' or 'dwi'.")
+    ] = None,
+) -> None:
+    """Run a pipeline from a YAML config; the config is validated before any work starts."""
+    from mriflow.config import dump_defaults as defaults_text
+    from mriflow.config import load_config
+    from mriflow.pipeline import run_pipeline
+
+    if dump_defaults:
+        console.print(defaults_text(dump_defaults), end="", markup=False)
+        return
+    if config is None:
+        raise typer.BadParameter("give a pipeline config (or --dump-defaults dce|dwi)")
+    settings = load_config(config)
+    if validate:
+        _say(f"{config}: valid {settings.modality} pipeline")
+        return
+    if source is None:
+        raise typer.BadParameter("give the input to process after the config")
+    started = time.perf_counter()
+    outputs = run_pipeline(settings, source, output, scheduler=scheduler, resume=resume, say=_say)
+    for stage, paths in outputs.items():
+        for path in paths:
+            _say(f"  {stage:10s} {path}")
+    _say(f"done in {time.perf_counter() - started:.1f} s")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,7 +104,7 @@ class OutputConfig(_Section):
 class PipelineConfig(_Section):
     """A whole pipeline: what the input is, what to fit, what to track, where to run."""
 
-    modality: Literal["dwi", "dce", "dsc", "asl", "ivim"]
+    modality: Literal["dwi", "dce"]
     data: DataConfig = DataConfig()
     acquisition: AcquisitionConfig = AcquisitionConfig()
     pipeline: PerfusionConfig | None = None
@@ -115,7 +115,7 @@ class PipelineConfig(_Section):
 
     @model_validator(mode="after")
     def _sections_fit_the_modality(self) -> PipelineConfig:
-        diffusion = self.modality in ("dwi", "ivim")
+        diffusion = self.modality == "dwi"
         if self.pipeline is not None and self.modality != "dce":
             raise ValueError(
                 f"'pipeline' (DCE models) does not apply to modality {self.modality!r}"

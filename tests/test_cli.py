@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from mriflow.cli import main
 
@@ -79,3 +80,68 @@ def test_python_dash_m(nibabel_data):
     )
     assert result.returncode == 0, result.stderr
     assert "LAS" in result.stdout or "RAS" in result.stdout
+
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+
+
+def console(*args, cwd=None):
+    script = Path(sys.executable).parent / "mriflow"
+    return subprocess.run(
+        [str(script if script.exists() else shutil.which("mriflow")), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=cwd,
+    )
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    import mriflow
+
+    return mriflow.data.write_dwi_phantom(tmp_path_factory.mktemp("phantom"), shape=(16, 18, 12))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_example_configs_validate_and_run(example, phantom, tmp_path):
+    checked = console("run", example, "--validate")
+    assert checked.returncode == 0, checked.stderr
+    config = tmp_path / example.name
+    config.write_text(example.read_text().replace("mask: null", f"mask: {phantom['mask']}"))
+    result = console("run", config, phantom["dwi"], "-o", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert "done in" in result.stdout
+    assert any((tmp_path / "out").iterdir())
+
+
+def test_run_error_paths_through_the_console_script(tmp_path, phantom):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("modality: [dwi\n")
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("modality: dwi\nfitt: csd\n")
+    wrong_type = tmp_path / "wrong.yaml"
+    wrong_type.write_text("modality: dwi\ncluster: {n_workers: many}\n")
+    cases = [
+        (("run", tmp_path / "absent.yaml", "--validate"), 1, "no such config file"),
+        (("run", bad_yaml, "--validate"), 1, "not valid YAML"),
+        (("run", unknown, "--validate"), 1, "did you mean 'fit'"),
+        (("run", wrong_type, "--validate"), 1, "cluster.n_workers"),
+        (("run", EXAMPLES[0], tmp_path / "missing.nii.gz"), 1, "missing.nii.gz"),
+        (("info", tmp_path / "missing.nii.gz"), 1, "no such file"),
+        (("run", "--bogus-flag"), 2, "No such option"),
+    ]
+    for args, code, message in cases:
+        result = console(*args)
+        assert result.returncode == code, (args, result.stdout, result.stderr)
+        assert message in result.stdout + result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
+def test_dump_defaults_round_trip(tmp_path):
+    result = console("run", "--dump-defaults", "dce")
+    assert result.returncode == 0
+    config = tmp_path / "dce.yaml"
+    config.write_text(result.stdout)
+    assert console("run", config, "--validate").returncode == 0
