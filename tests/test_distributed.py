@@ -17,6 +17,17 @@ def client():
 
 
 def test_cluster_is_loopback_only(client):
+    import psutil
+
+    me = psutil.Process()
+    listening = [
+        (process.pid, conn.laddr)
+        for process in (me, *me.children(recursive=True))
+        for conn in process.net_connections(kind="inet")
+        if conn.status == psutil.CONN_LISTEN
+    ]
+    assert len(listening) >= 4  # scheduler, its dashboard, and two workers at least
+    assert all(addr.ip in ("127.0.0.1", "::1") for _, addr in listening), listening
     assert client.scheduler.address.startswith("tcp://127.0.0.1:")
     assert all(addr.startswith("tcp://127.0.0.1:") for addr in client.scheduler_info()["workers"])
     assert client.dashboard_link.startswith("http://127.0.0.1:")
