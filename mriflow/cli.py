@@ -157,44 +157,15 @@ def demo(
         str | None, typer.Option(help="Address of an existing dask scheduler (else a local one).")
     ] = None,
 ) -> None:
-    """Generate a synthetic DWI dataset and process it on a local dask cluster."""
-    from mriflow.cluster import get_client
-    from mriflow.data import write_dwi_phantom
-    from mriflow.io import open_image
+    """Generate a synthetic DWI dataset and run the whole pipeline on a local dask cluster."""
+    from mriflow.demo import run_demo
 
     started = time.perf_counter()
-    paths = write_dwi_phantom(out_dir)
-    _say(f"[bold]1. synthetic dataset[/] written to {out_dir}/")
-    dwi = open_image(paths["dwi"])
-    mask = open_image(paths["mask"]) > 0
-    _say(_describe(dwi))
-    with get_client(
-        scheduler, n_workers=workers, threads_per_worker=1 if workers else None
-    ) as client:
-        _say(f"[bold]2. cluster[/] {client.scheduler.address}  dashboard {client.dashboard_link}")
-        bvals = dwi.mri.bvals
-        b0 = dwi.isel(volume=np.flatnonzero(bvals < 50)).mean("volume")
-        weighted = dwi.isel(volume=np.flatnonzero(bvals >= 50))
-        bvalue = float(np.median(bvals[bvals >= 50]))
-        adc = -np.log(weighted.mean("volume").clip(min=1.0) / b0.clip(min=1.0)) / bvalue
-        adc = adc.where(mask, 0.0).astype("float32")
-        adc.attrs.update(dwi.attrs)
-        b0.attrs.update(dwi.attrs)
-        outputs = {
-            "mean_b0": b0.astype("float32")
-            .mri.reorient("RAS")
-            .mri.to_nifti(out_dir / "mean_b0_RAS.nii.gz"),
-            "adc": adc.mri.reorient("RAS").mri.to_nifti(out_dir / "adc_RAS.nii.gz"),
-        }
-        wm_adc = float(adc.where(open_image(paths["labels"]) == 2).mean().compute())
-        b0.mri.plot(output_path=out_dir / "mean_b0.png", title="mean b=0")
-        outputs["mean_b0.png"] = out_dir / "mean_b0.png"
-        adc.mri.plot(output_path=out_dir / "adc.png", cmap="magma", title="ADC (mm^2/s)")
-        outputs["adc.png"] = out_dir / "adc.png"
-    _say("[bold]3. results[/]")
-    for name, path in outputs.items():
-        _say(f"  {name:12s} {path}")
-    _say(f"  mean ADC in white matter: {wm_adc * 1e3:.3f} x 10^-3 mm^2/s")
+    _say(f"[bold]mriflow demo[/] into {out_dir}/")
+    result = run_demo(out_dir, workers=workers, scheduler=scheduler, say=_say)
+    _say("[bold]files[/]")
+    for name, path in result["files"].items():
+        _say(f"  {name:14s} {path}")
     _say(f"done in {time.perf_counter() - started:.1f} s")
 
 

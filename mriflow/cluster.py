@@ -28,12 +28,13 @@ def get_client(
 ) -> Any:
     """A ``distributed.Client``: to ``address`` (or ``$MRIFLOW_SCHEDULER``) if given, else
     to a new loopback-only ``LocalCluster`` sized to this machine."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     address = address or os.environ.get(SCHEDULER_ENV)
     if address:
         return Client(address)
-    cluster = LocalCluster(
+    # Client starts the LocalCluster itself, so closing the client also stops the cluster.
+    return Client(
         host="127.0.0.1",
         n_workers=n_workers,
         threads_per_worker=threads_per_worker,
@@ -42,4 +43,3 @@ def get_client(
         dashboard_address="127.0.0.1:0" if dashboard else None,
         **cluster_kwargs,
     )
-    return Client(cluster)

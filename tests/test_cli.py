@@ -53,21 +53,26 @@ def test_console_script_is_installed(nibabel_data):
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
-    assert main(["--quiet", "demo", str(tmp_path), "--workers", "1"]) == 0
-    adc = nib.load(tmp_path / "adc_RAS.nii.gz")
-    assert nib.aff2axcodes(adc.affine) == ("R", "A", "S")
-    labels = nib.as_closest_canonical(nib.load(tmp_path / "sub-01_dseg.nii.gz")).get_fdata()
-    values = adc.get_fdata()
-    csf, wm = values[labels == 3].mean(), values[labels == 2].mean()
-    # phantom truth: CSF is free water (3e-3 mm^2/s), white matter far slower
-    assert 2.0e-3 < csf < 3.3e-3
-    assert 0.4e-3 < wm < 1.0e-3
-    assert np.all(values[labels == 0] == 0)
+    from mriflow.demo import run_demo
+
+    result = run_demo(tmp_path, shape=(24, 28, 20), workers=1, say=lambda _: None)
+    fa = nib.load(result["files"]["fa"])
+    assert nib.aff2axcodes(fa.affine) == ("R", "A", "S")
+    # phantom truth: white matter is anisotropic (FA ~0.7 in single-fibre voxels), CSF is not
+    assert result["summary"]["fa_white_matter"] > 0.35
+    assert result["summary"]["fa_csf"] < 0.15
+    assert set(result["stages"]) >= {"phantom", "dti", "csd + peaks", "pictures"}
+    import mriflow
+
+    peaks = mriflow.open_zarr(result["files"]["fits"], group="peaks")
+    assert "peak_dirs" in peaks
     from PIL import Image
 
-    for name in ("mean_b0.png", "adc.png"):
-        picture = np.asarray(Image.open(tmp_path / name).convert("L"), dtype=float)
+    for name in ("fa.png", "colour_fa.png"):
+        picture = np.asarray(Image.open(result["files"][name]).convert("RGB"), dtype=float)
         assert picture.std() > 10, name
+    assert main(["--quiet", "demo", str(tmp_path / "cli"), "--workers", "1"]) == 0
+    assert (tmp_path / "cli" / "fits.zarr").exists()
 
 
 def test_python_dash_m(nibabel_data):
