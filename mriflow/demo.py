@@ -91,7 +91,7 @@ def run_demo(
         tensor["fa"].mri.plot(output_path=out / "fa.png", cmap="gray", title="FA")
         files["fa.png"] = out / "fa.png"
         files["colour_fa.png"] = _colour_fa(tensor["rgb"], out / "colour_fa.png")
-        labels = open_image(paths["labels"])
+        labels = open_image(paths["labels"], chunks=None).load()
         fa = tensor["fa"]
         summary = {
             "fa_white_matter": float(fa.where(labels == 2).mean().compute()),
