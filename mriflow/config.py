@@ -223,7 +223,10 @@ def load_config(path: str | os.PathLike[str]) -> PipelineConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{source}: cannot read the config ({exc})") from exc
     _refuse_aliases(text, source)
-    content = yaml.safe_load(text)
+    try:
+        content = yaml.safe_load(text)
+    except yaml.YAMLError as exc:  # e.g. a !!python tag, which safe_load refuses
+        raise ConfigError(f"{source}: not a plain YAML config ({exc})") from exc
     if not isinstance(content, dict):
         raise ConfigError(f"{source}: a pipeline config is a mapping of keys (modality: ..., ...)")
     try:

@@ -112,5 +112,9 @@ class MissingAffineWarning(MriflowWarning):
     """A store written by another tool has no affine; the NGFF scale/translation is used."""
 
 
-class DicomGeometryWarning(UserWarning):
+class DicomGeometryWarning(MriflowWarning):
     """A DICOM series had a problem with a safe fix (e.g. a repeated image that was dropped)."""
+
+
+class SkippedDicomWarning(MriflowWarning):
+    """Files that look like DICOM were not read (no Part-10 header): a series may be incomplete."""

@@ -14,6 +14,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -24,7 +25,9 @@ class Case:
     name: str
     path: Path
     expect: str  # "error" or "warning"
-    opener: str = "image"  # how the input is opened: "image" (mriflow.open_image)
+    # how the input is opened: "image" (mriflow.open_image), "asl" (load_asl_context of
+    # subject 01), "asl-image"/"dce-image" (open_image with that modality), "config"
+    opener: str = "image"
 
 
 _BUILDERS: list[tuple[str, str, str, Callable[[Path], Path]]] = []
@@ -290,3 +293,176 @@ def _gradients_3d(folder: Path) -> Path:
 
 def describe(cases: list[Case]) -> str:
     return json.dumps([c.name for c in cases])
+
+
+# --- DICOM: a valid synthetic series (pydicom-written files), one thing broken -------------
+
+
+# read what can be read, and say what was not
+_DICOM_WARNINGS = {"no-file-meta"}
+
+
+def _dicom_series(folder: Path, **kwargs: Any) -> list[Path]:
+    from mriflow.io.dicom import synthetic
+
+    return synthetic.write_series(folder, shape=(8, 6, 4), **kwargs).files
+
+
+def _dicom_case(name: str, damage: Callable[[Path, list[Path]], None]):
+    @case(f"dicom/{name}", "warning" if name in _DICOM_WARNINGS else "error")
+    def builder(folder: Path) -> Path:
+        series = folder / "series"
+        files = _dicom_series(series)
+        damage(series, sorted(files))
+        return series
+
+    return builder
+
+
+def _edit(path: Path, change: Callable[[Any], None]) -> None:
+    import pydicom
+
+    dataset = pydicom.dcmread(path)
+    change(dataset)
+    dataset.save_as(path, enforce_file_format=True)
+
+
+def _truncate_pixels(_: Path, files: list[Path]) -> None:
+    files[1].write_bytes(files[1].read_bytes()[:-200])
+
+
+def _without_meta(_: Path, files: list[Path]) -> None:
+    raw = files[0].read_bytes()
+    files[0].write_bytes(raw[132:])  # drop the preamble and "DICM": not a Part-10 file
+
+
+def _drop(keyword: str) -> Callable[[Path, list[Path]], None]:
+    def damage(_: Path, files: list[Path]) -> None:
+        _edit(files[2], lambda ds: delattr(ds, keyword))
+
+    return damage
+
+
+def _bad_vr(_: Path, files: list[Path]) -> None:
+    """PixelSpacing (DS) holding letters: patched in the bytes, since pydicom refuses to."""
+    raw = bytearray(files[0].read_bytes())
+    tag = raw.find(b"\x28\x00\x30\x00DS")
+    length = int.from_bytes(raw[tag + 6 : tag + 8], "little")
+    raw[tag + 8 : tag + 8 + length] = (b"abc\\x" * length)[:length]
+    files[0].write_bytes(bytes(raw))
+
+
+def _mixed(folder: Path, _: list[Path]) -> None:
+    _dicom_series(folder, series_number=2, description="second", seed=3, name_prefix="B")
+
+
+def _non_dicom_only(folder: Path, files: list[Path]) -> None:
+    for path in files:
+        path.unlink()
+    (folder / "README").write_text("not DICOM")
+    (folder / "icc.icc").write_bytes(b"\x00\x00\x02\x0cprofile" * 20)
+
+
+def _dicomdir(folder: Path, files: list[Path]) -> None:
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    for path in files:
+        path.unlink()
+    source = get_testdata_file("DICOMDIR")
+    if source is not None:
+        (folder / "DICOMDIR").write_bytes(Path(str(source)).read_bytes())
+    else:  # pragma: no cover - pydicom ships it
+        pydicom.dcmwrite(folder / "DICOMDIR", pydicom.Dataset())
+
+
+_dicom_case("pixel-data-truncated", _truncate_pixels)
+_dicom_case("no-file-meta", _without_meta)
+_dicom_case("missing-image-position", _drop("ImagePositionPatient"))
+_dicom_case("missing-image-orientation", _drop("ImageOrientationPatient"))
+_dicom_case("missing-pixel-spacing", _drop("PixelSpacing"))
+_dicom_case("bad-vr-pixel-spacing", _bad_vr)
+_dicom_case("mixed-series", _mixed)
+_dicom_case("non-dicom-files-only", _non_dicom_only)
+_dicom_case("dicomdir-only", _dicomdir)
+
+
+@case("dicom/single-non-dicom-file")
+def _single_non_dicom(folder: Path) -> Path:
+    return _write(folder, "image.dcm", b"\x00" * 128 + b"NOPE" + b"garbage" * 10)
+
+
+# --- BIDS -----------------------------------------------------------------------------------
+
+
+def _asl_tree(folder: Path, rows: int) -> Path:
+    import bids_tree
+
+    root = bids_tree.dataset(folder / "ds")
+    perf = root / "sub-01" / "perf"
+    bids_tree.write_image(perf / "sub-01_asl.nii.gz", (4, 4, 3, 6))
+    bids_tree.write_json(perf / "sub-01_asl.json", bids_tree.PCASL)
+    bids_tree.write_aslcontext(perf / "sub-01_aslcontext.tsv", ["control", "label"] * (rows // 2))
+    return root
+
+
+@case("bids/aslcontext-row-mismatch", opener="asl")
+def _aslcontext_mismatch(folder: Path) -> Path:
+    return _asl_tree(folder, rows=4)
+
+
+@case("bids/missing-subject", opener="asl")
+def _missing_subject(folder: Path) -> Path:
+    root = _asl_tree(folder, rows=6)
+    import shutil
+
+    shutil.rmtree(root / "sub-01")
+    return root
+
+
+@case("bids/pcasl-without-labeling-duration", opener="asl-image")
+def _pcasl_missing_field(folder: Path) -> Path:
+    import bids_tree
+
+    root = _asl_tree(folder, rows=6)
+    fields = {k: v for k, v in bids_tree.PCASL.items() if k != "LabelingDuration"}
+    bids_tree.write_json(root / "sub-01" / "perf" / "sub-01_asl.json", fields)
+    return root / "sub-01" / "perf" / "sub-01_asl.nii.gz"
+
+
+@case("bids/4d-without-timing", opener="dce-image")
+def _no_timing(folder: Path) -> Path:
+    path = folder / "sub-01_dce.nii.gz"
+    image = nib.Nifti1Image(np.ones((4, 4, 3, 5), np.float32), _AFFINE)
+    image.header.set_xyzt_units("mm", "unknown")
+    image.header["pixdim"][4] = 0
+    nib.save(image, path)
+    return path
+
+
+# --- pipeline YAML --------------------------------------------------------------------------
+
+
+def _yaml_case(name: str, text: str):
+    @case(f"yaml/{name}", opener="config")
+    def builder(folder: Path) -> Path:
+        return _write(folder, "pipeline.yaml", text.encode())
+
+    return builder
+
+
+_yaml_case("wrong-type", "modality: dwi\ntracking: {step_size: fast}\nfit: csd\n")
+_yaml_case("unknown-key", "modality: dce\npipline: {model: tofts}\n")
+_yaml_case("unknown-nested-key", "modality: dwi\nfit: csd\ncluster: {n_worker: 2}\n")
+_yaml_case("not-a-mapping", "- modality\n- dwi\n")
+_yaml_case("invalid-yaml", "modality: [dwi\n")
+_yaml_case("missing-modality", "fit: csd\n")
+_yaml_case(
+    "alias-bomb",
+    "a: &a [x, x, x, x, x, x, x, x]\n"
+    + "".join(
+        f"{n}: &{n} [" + ", ".join([f"*{p}"] * 8) + "]\n"
+        for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+    ),
+)
+_yaml_case("python-object-tag", "modality: !!python/object/apply:os.system ['true']\n")

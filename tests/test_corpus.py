@@ -20,13 +20,25 @@ from mriflow.errors import MriflowError, MriflowWarning
 OUTCOMES: dict[str, str] = {}
 
 
+def _image(path):
+    return mriflow.open_image(path).sum().compute()
+
+
+OPENERS = {
+    "image": _image,
+    "asl": lambda path: mriflow.load_asl_context(path, subject="01"),
+    "asl-image": lambda path: mriflow.open_image(path, modality="asl").sum().compute(),
+    "dce-image": lambda path: mriflow.open_image(path, modality="dce").sum().compute(),
+    "config": lambda path: __import__("mriflow.config").config.load_config(path),
+}
+
+
 def outcome(case: corpus.Case) -> str:
     """What mriflow did with ``case``: typed error / warning / silent / a defect."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            image = mriflow.open_image(case.path)
-            image.sum().compute()
+            OPENERS[case.opener](case.path)
         except MriflowError as exc:
             named = case.path.name in str(exc) or case.path.stem.split(".")[0] in str(exc)
             return "typed error" if named else f"error not naming the file: {exc}"

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import struct
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -27,7 +28,7 @@ import pydicom
 from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 
-from mriflow.errors import MissingFileError
+from mriflow.errors import MissingFileError, SkippedDicomWarning
 from mriflow.io.dicom import vendors
 
 __all__ = ["ROLE_HINTS", "DicomSeries", "FrameRecord", "discover_dicom", "read_records"]
@@ -625,15 +626,36 @@ def discover_dicom(
         results = _read_many(paths)
     by_series: dict[str, list[FrameRecord]] = defaultdict(list)
     infos: dict[str, dict[str, Any]] = {}
+    headerless: list[str] = []
     for path, (records, info, reason) in zip(paths, results, strict=True):
         if reason is not None or info is None:
             log.info("%s: skipped: %s", path, reason)
+            if reason and "DICM" in reason and _looks_like_raw_dataset(path):
+                headerless.append(path)
             continue
         by_series[info["uid"]].extend(records)
         infos.setdefault(info["uid"], info)
+    if headerless:
+        warnings.warn(
+            f"{root}: {len(headerless)} file(s) look like DICOM datasets without the Part-10 "
+            f"header (e.g. {headerless[0]}) and were not read, so a series may be incomplete; "
+            "rewrite them as Part-10 files (e.g. dcmconv, gdcmconv)",
+            SkippedDicomWarning,
+            stacklevel=2,
+        )
     series = [_make_series(infos[uid], records) for uid, records in by_series.items()]
     series = _assign_roles(series)
     return sorted(series, key=lambda s: (s.study_uid, s.series_number or 0, s.uid))
+
+
+def _looks_like_raw_dataset(path: str) -> bool:
+    """A file starting with a group 0x0002 or 0x0008 element: DICOM missing its preamble."""
+    try:
+        with open(path, "rb") as stream:
+            start = stream.read(8)
+    except OSError:
+        return False
+    return len(start) == 8 and start[:2] in (b"\x02\x00", b"\x08\x00")
 
 
 def _most_common(values: Iterable[Any]) -> Any:
