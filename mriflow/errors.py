@@ -16,6 +16,9 @@ __all__ = [
     "MissingFileError",
     "MriflowError",
     "SidecarError",
+    "TrackingInputError",
+    "TrackingWarning",
+    "TractogramFormatError",
 ]
 
 
@@ -45,3 +48,15 @@ class GeometryError(MriflowError, ValueError):
 
 class SidecarError(MriflowError, ValueError):
     """A sidecar file (BIDS JSON, FSL .bval/.bvec) is malformed or does not match the image."""
+
+
+class TrackingInputError(MriflowError, ValueError):
+    """Tracking inputs do not fit together: fields, stopping map, seeds or parameters."""
+
+
+class TractogramFormatError(MriflowError, ValueError):
+    """A streamline file cannot be written or read (unknown extension, malformed content)."""
+
+
+class TrackingWarning(UserWarning):
+    """Tracking went ahead but dropped or adjusted something the caller should know of."""
