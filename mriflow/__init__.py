@@ -31,3 +31,12 @@ __all__ = [
     "open_image",
     "to_nifti",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Import heavy subpackages on first use: ``mriflow.track`` loads the numba kernels."""
+    if name == "track":
+        import importlib
+
+        return importlib.import_module("mriflow.track")
+    raise AttributeError(f"module 'mriflow' has no attribute {name!r}")

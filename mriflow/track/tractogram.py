@@ -228,11 +228,13 @@ def load(path: str | os.PathLike[str], reference: Tractogram | None = None) -> T
         raise TractogramFormatError(
             f"{path}: unknown streamline format {suffix!r}; use one of {FORMATS}"
         )
+    from nibabel.streamlines.tractogram_file import DataError, HeaderError
+
     try:
         if suffix == ".trx":
             return _load_trx(path)
         return _load_nibabel(path, suffix, reference)
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, HeaderError, DataError) as error:
         if isinstance(error, MissingFileError | TractogramFormatError):
             raise
         raise TractogramFormatError(f"{path}: cannot read streamlines: {error}") from error
@@ -280,23 +282,24 @@ def _load_trx(path: Path) -> Tractogram:
     trx = trx_file_memmap.load(str(path))
     try:
         streamlines = trx.streamlines
+        # Copy out of the memory map before it is closed.
         positions, offsets = _ragged(
-            np.asarray(streamlines._data), np.asarray(streamlines._lengths)
+            np.array(streamlines._data, copy=True), np.array(streamlines._lengths, copy=True)
         )
         n = len(offsets) - 1
         dps = trx.data_per_streamline
         seed_ids = (
-            np.asarray(dps["seed_id"]).reshape(n).astype(np.int64)
+            np.array(dps["seed_id"], copy=True).reshape(n).astype(np.int64)
             if "seed_id" in dps
             else np.full(n, -1, np.int64)
         )
         reasons = (
-            np.asarray(dps["stop_reason"]).reshape(n, 2).astype(np.uint8)
+            np.array(dps["stop_reason"], copy=True).reshape(n, 2).astype(np.uint8)
             if "stop_reason" in dps
             else np.zeros((n, 2), np.uint8)
         )
-        affine = np.asarray(trx.header["VOXEL_TO_RASMM"], dtype=np.float64)
+        affine = np.array(trx.header["VOXEL_TO_RASMM"], dtype=np.float64)
         dimensions = tuple(int(d) for d in trx.header["DIMENSIONS"])
     finally:
         trx.close()
-    return Tractogram(positions.copy(), offsets, seed_ids, reasons, affine, dimensions)  # type: ignore[arg-type]
+    return Tractogram(positions, offsets, seed_ids, reasons, affine, dimensions)  # type: ignore[arg-type]
