@@ -72,3 +72,12 @@ __all__ = [
     "open_zarr",
     "to_zarr",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Import heavy subpackages on first use: ``mriflow.track`` loads the numba kernels."""
+    if name == "track":
+        import importlib
+
+        return importlib.import_module("mriflow.track")
+    raise AttributeError(f"module 'mriflow' has no attribute {name!r}")

@@ -29,6 +29,9 @@ __all__ = [
     "StoreMetadataError",
     "StoreWriteError",
     "MissingAffineWarning",
+    "TrackingInputError",
+    "TrackingWarning",
+    "TractogramFormatError",
 ]
 
 
@@ -118,3 +121,15 @@ class DicomGeometryWarning(MriflowWarning):
 
 class SkippedDicomWarning(MriflowWarning):
     """Files that look like DICOM were not read (no Part-10 header): a series may be incomplete."""
+
+
+class TrackingInputError(MriflowError, ValueError):
+    """Tracking inputs do not fit together: fields, stopping map, seeds or parameters."""
+
+
+class TractogramFormatError(MriflowError, ValueError):
+    """A streamline file cannot be written or read (unknown extension, malformed content)."""
+
+
+class TrackingWarning(MriflowWarning):
+    """Tracking went ahead but dropped or adjusted something the caller should know of."""

@@ -1,0 +1,310 @@
+"""Direction getters: jitted plug-ins with one signature, chosen by name.
+
+Every getter has :data:`mriflow.track.kernels.GETTER_SIGNATURE`::
+
+    status = getter(field, basis, vertices, point, direction, params, rng_state, scratch)
+
+- ``field`` ``(i, j, k, channel)``: peak directions (``peak * 3`` channels) or SH
+  coefficients; ``basis`` ``(n_hemisphere_vertices, n_coefficients)`` and ``vertices``
+  ``(n_hemisphere_vertices, 3)`` describe the sphere (empty for peaks);
+- ``point``: voxel indices; ``direction`` (unit, voxel frame, mm): the previous step's
+  direction on input, replaced by the next one; all zeros asks for the initial direction
+  at a seed (the strongest fibre there);
+- ``params``: ``[cos(max_angle), pmf_threshold]``; ``rng_state``: the streamline's
+  counter-based stream (:mod:`mriflow.track.rng`); ``scratch``: workspace of at least
+  ``n_coefficients + n_hemisphere_vertices`` values;
+- returns ``GETTER_OK``, ``GETTER_NO_DIRECTION`` (nothing within ``max_angle`` or above the
+  pmf threshold) or ``GETTER_INVALID`` (NaN in the field).
+
+Register a new one with :func:`register_direction_getter`; the driver needs no change.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from numba import njit
+
+from mriflow.errors import TrackingInputError
+from mriflow.track.kernels import (
+    GETTER_INVALID,
+    GETTER_NO_DIRECTION,
+    GETTER_OK,
+    GETTER_SIGNATURE,
+    trilinear_cell,
+)
+from mriflow.track.rng import uniform
+
+__all__ = [
+    "DIRECTION_GETTERS",
+    "FIELD_KINDS",
+    "direction_getter",
+    "max_odf",
+    "peak_following",
+    "probabilistic_odf",
+    "register_direction_getter",
+]
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _corner_jit(cell, corner):
+    """Indices and weight of corner ``0..7`` of a trilinear cell (bits: i, j, k high)."""
+    a = (corner >> 2) & 1
+    b = (corner >> 1) & 1
+    c = corner & 1
+    i = cell[4] if a else cell[1]
+    j = cell[5] if b else cell[2]
+    k = cell[6] if c else cell[3]
+    weight = (
+        (cell[7] if a else 1.0 - cell[7])
+        * (cell[8] if b else 1.0 - cell[8])
+        * (cell[9] if c else 1.0 - cell[9])
+    )
+    return i, j, k, weight
+
+
+@njit(GETTER_SIGNATURE, nogil=True, cache=True)
+def peak_following(field, basis, vertices, point, direction, params, rng_state, scratch):
+    """Deterministic peak following (EuDX-like).
+
+    In each of the 8 voxels around ``point`` take the peak closest to ``direction``
+    (either sign); keep it if within ``max_angle``; the next direction is the
+    trilinear-weighted sum of the kept peaks, normalised. At a seed: the first (largest)
+    peak of the nearest voxel.
+    """
+    n_peaks = field.shape[3] // 3
+    shape = (field.shape[0], field.shape[1], field.shape[2])
+    if direction[0] == 0.0 and direction[1] == 0.0 and direction[2] == 0.0:
+        i = min(max(math.floor(point[0] + 0.5), 0), shape[0] - 1)
+        j = min(max(math.floor(point[1] + 0.5), 0), shape[1] - 1)
+        k = min(max(math.floor(point[2] + 0.5), 0), shape[2] - 1)
+        for p in range(n_peaks):
+            x = field[i, j, k, 3 * p]
+            y = field[i, j, k, 3 * p + 1]
+            z = field[i, j, k, 3 * p + 2]
+            if math.isnan(x) or math.isnan(y) or math.isnan(z):
+                return GETTER_INVALID
+            norm = math.sqrt(x * x + y * y + z * z)
+            if norm > 0.0:
+                direction[0] = x / norm
+                direction[1] = y / norm
+                direction[2] = z / norm
+                return GETTER_OK
+        return GETTER_NO_DIRECTION
+    cell = trilinear_cell(shape, point)
+    if not cell[0]:
+        return GETTER_NO_DIRECTION
+    cos_max = params[0]
+    sum_x = 0.0
+    sum_y = 0.0
+    sum_z = 0.0
+    for corner in range(8):
+        i, j, k, weight = _corner_jit(cell, corner)
+        if weight <= 0.0:
+            continue
+        best = -1.0
+        best_x = 0.0
+        best_y = 0.0
+        best_z = 0.0
+        for p in range(n_peaks):
+            x = field[i, j, k, 3 * p]
+            y = field[i, j, k, 3 * p + 1]
+            z = field[i, j, k, 3 * p + 2]
+            if math.isnan(x) or math.isnan(y) or math.isnan(z):
+                return GETTER_INVALID
+            norm = math.sqrt(x * x + y * y + z * z)
+            if norm == 0.0:
+                continue
+            cosine = (x * direction[0] + y * direction[1] + z * direction[2]) / norm
+            if abs(cosine) > best:
+                best = abs(cosine)
+                sign = 1.0 if cosine >= 0.0 else -1.0
+                best_x = sign * x / norm
+                best_y = sign * y / norm
+                best_z = sign * z / norm
+        if best >= cos_max:
+            sum_x += weight * best_x
+            sum_y += weight * best_y
+            sum_z += weight * best_z
+    norm = math.sqrt(sum_x * sum_x + sum_y * sum_y + sum_z * sum_z)
+    if norm == 0.0:
+        return GETTER_NO_DIRECTION
+    direction[0] = sum_x / norm
+    direction[1] = sum_y / norm
+    direction[2] = sum_z / norm
+    return GETTER_OK
+
+
+@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _odf_on_hemisphere(field, basis, point, scratch):
+    """Interpolate SH coefficients at ``point`` and evaluate the ODF (negatives clipped)
+    on the hemisphere into ``scratch[n_coef:]``. Returns (status, max value)."""
+    n_coef = field.shape[3]
+    n_vertices = basis.shape[0]
+    shape = (field.shape[0], field.shape[1], field.shape[2])
+    cell = trilinear_cell(shape, point)
+    if not cell[0]:
+        return GETTER_NO_DIRECTION, 0.0
+    for c in range(n_coef):
+        scratch[c] = 0.0
+    for corner in range(8):
+        i, j, k, weight = _corner_jit(cell, corner)
+        if weight <= 0.0:
+            continue
+        for c in range(n_coef):
+            scratch[c] += weight * field[i, j, k, c]
+    for c in range(n_coef):
+        if math.isnan(scratch[c]):
+            return GETTER_INVALID, 0.0
+    top = 0.0
+    for v in range(n_vertices):
+        value = 0.0
+        for c in range(n_coef):
+            value += basis[v, c] * scratch[c]
+        if value < 0.0:
+            value = 0.0
+        scratch[n_coef + v] = value
+        if value > top:
+            top = value
+    if top <= 0.0:
+        return GETTER_NO_DIRECTION, 0.0
+    return GETTER_OK, top
+
+
+@njit(nogil=True, cache=True)
+def _initial_odf_direction(vertices, direction, scratch, n_coef):
+    best = -1.0
+    best_v = 0
+    for v in range(vertices.shape[0]):
+        if scratch[n_coef + v] > best:
+            best = scratch[n_coef + v]
+            best_v = v
+    for axis in range(3):
+        direction[axis] = vertices[best_v, axis]
+
+
+@njit(GETTER_SIGNATURE, nogil=True, cache=True)
+def max_odf(field, basis, vertices, point, direction, params, rng_state, scratch):
+    """Deterministic maximum of the ODF from SH coefficients (dipy's deterministic tracker).
+
+    The ODF is evaluated from trilinearly interpolated coefficients; values below
+    ``pmf_threshold`` times its maximum are dropped; the next direction is the largest
+    remaining vertex within ``max_angle`` of ``direction``, flipped to continue forward.
+    """
+    n_coef = field.shape[3]
+    status, top = _odf_on_hemisphere(field, basis, point, scratch)
+    if status != GETTER_OK:
+        return status
+    if direction[0] == 0.0 and direction[1] == 0.0 and direction[2] == 0.0:
+        _initial_odf_direction(vertices, direction, scratch, n_coef)
+        return GETTER_OK
+    cos_max = params[0]
+    floor = params[1] * top
+    best = 0.0
+    best_v = -1
+    best_cos = 0.0
+    for v in range(vertices.shape[0]):
+        value = scratch[n_coef + v]
+        if value < floor or value <= best:
+            continue
+        cosine = (
+            vertices[v, 0] * direction[0]
+            + vertices[v, 1] * direction[1]
+            + vertices[v, 2] * direction[2]
+        )
+        if abs(cosine) > cos_max:
+            best = value
+            best_v = v
+            best_cos = cosine
+    if best_v < 0:
+        return GETTER_NO_DIRECTION
+    sign = 1.0 if best_cos > 0.0 else -1.0
+    for axis in range(3):
+        direction[axis] = sign * vertices[best_v, axis]
+    return GETTER_OK
+
+
+@njit(GETTER_SIGNATURE, nogil=True, cache=True)
+def probabilistic_odf(field, basis, vertices, point, direction, params, rng_state, scratch):
+    """Probabilistic direction from SH coefficients (dipy's probabilistic tracker).
+
+    The ODF (thresholded at ``pmf_threshold`` times its maximum) restricted to vertices
+    within ``max_angle`` of ``direction`` is the sampling distribution; one uniform draw
+    from the streamline's counter-based stream picks the next direction. At a seed: the
+    ODF maximum, as dipy starts from the seed's peak.
+    """
+    n_coef = field.shape[3]
+    status, top = _odf_on_hemisphere(field, basis, point, scratch)
+    if status != GETTER_OK:
+        return status
+    if direction[0] == 0.0 and direction[1] == 0.0 and direction[2] == 0.0:
+        _initial_odf_direction(vertices, direction, scratch, n_coef)
+        return GETTER_OK
+    cos_max = params[0]
+    floor = params[1] * top
+    total = 0.0
+    for v in range(vertices.shape[0]):
+        value = scratch[n_coef + v]
+        if value < floor:
+            value = 0.0
+        else:
+            cosine = (
+                vertices[v, 0] * direction[0]
+                + vertices[v, 1] * direction[1]
+                + vertices[v, 2] * direction[2]
+            )
+            if abs(cosine) < cos_max:
+                value = 0.0
+        total += value
+        scratch[n_coef + v] = total
+    if total <= 0.0:
+        return GETTER_NO_DIRECTION
+    target = uniform(rng_state) * total
+    chosen = vertices.shape[0] - 1
+    for v in range(vertices.shape[0]):
+        if scratch[n_coef + v] > target:
+            chosen = v
+            break
+    cosine = (
+        vertices[chosen, 0] * direction[0]
+        + vertices[chosen, 1] * direction[1]
+        + vertices[chosen, 2] * direction[2]
+    )
+    sign = 1.0 if cosine > 0.0 else -1.0
+    for axis in range(3):
+        direction[axis] = sign * vertices[chosen, axis]
+    return GETTER_OK
+
+
+#: Registered getters by name.
+DIRECTION_GETTERS: dict[str, Callable[..., int]] = {
+    "peak_following": peak_following,
+    "max_odf": max_odf,
+    "probabilistic": probabilistic_odf,
+}
+#: The field each getter reads: ``"peaks"`` or ``"sh"``.
+FIELD_KINDS: dict[str, str] = {
+    "peak_following": "peaks",
+    "max_odf": "sh",
+    "probabilistic": "sh",
+}
+
+
+def register_direction_getter(name: str, getter: Callable[..., int], field_kind: str) -> None:
+    """Add a getter compiled with ``GETTER_SIGNATURE`` under ``name``, reading ``field_kind``
+    (``"peaks"`` or ``"sh"``) fields."""
+    if field_kind not in ("peaks", "sh"):
+        raise TrackingInputError(f"field_kind: must be 'peaks' or 'sh', got {field_kind!r}")
+    DIRECTION_GETTERS[name] = getter
+    FIELD_KINDS[name] = field_kind
+
+
+def direction_getter(name: str) -> Callable[..., int]:
+    """The registered getter called ``name``."""
+    try:
+        return DIRECTION_GETTERS[name]
+    except KeyError:
+        raise TrackingInputError(
+            f"direction_getter: unknown name {name!r}; registered: {sorted(DIRECTION_GETTERS)}"
+        ) from None

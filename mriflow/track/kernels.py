@@ -1,0 +1,265 @@
+"""The tracking engine: one jitted driver integrating streamlines from a range of seeds.
+
+Direction getters and stopping checks are jitted functions with fixed signatures
+(:data:`GETTER_SIGNATURE`, :data:`STOPPER_SIGNATURE`) passed to the driver as first-class
+function values, so a new getter plugs in without touching the driver, and the driver is
+compiled once and cached on disk (it is typed on the signature, not on each function).
+
+Conventions inside the kernels:
+
+- positions are fractional voxel indices of the field arrays (voxel centres at integers);
+- directions are unit vectors in the voxel frame in millimetre units (one component per
+  array axis), so a step of ``step_size`` mm moves ``direction * step_size / voxel_size``
+  voxels — anisotropic voxels handled;
+- a streamline runs backward end → seed → forward end.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, types
+
+from mriflow.track.rng import RNG_STATE_SIZE
+
+__all__ = [
+    "GETTER_OK",
+    "GETTER_NO_DIRECTION",
+    "GETTER_INVALID",
+    "GETTER_SIGNATURE",
+    "STOPPER_SIGNATURE",
+    "STOP_CONTINUE",
+    "STOP_ENDPOINT",
+    "STOP_OUTSIDE",
+    "STOP_INVALID",
+    "REASON_NONE",
+    "REASON_ENDPOINT",
+    "REASON_OUTSIDE",
+    "REASON_ANGLE",
+    "REASON_MAX_LENGTH",
+    "REASON_INVALID",
+    "STOP_REASONS",
+    "track_seed_range",
+    "trilinear_cell",
+]
+
+# Direction getter results.
+GETTER_OK = 0
+GETTER_NO_DIRECTION = 1
+GETTER_INVALID = 2
+
+# Stopping check results.
+STOP_CONTINUE = 0
+STOP_ENDPOINT = 1
+STOP_OUTSIDE = 2
+STOP_INVALID = 3
+
+# Why each end of a streamline stopped (per-streamline data, uint8).
+REASON_NONE = 0
+REASON_ENDPOINT = 1
+REASON_OUTSIDE = 2
+REASON_ANGLE = 3
+REASON_MAX_LENGTH = 4
+REASON_INVALID = 5
+#: Names of the stop reason codes, by code.
+STOP_REASONS = ("none", "endpoint", "outside", "angle", "max_length", "invalid")
+
+#: ``status = getter(field, basis, vertices, point, direction, params, rng_state, scratch)``.
+#: ``direction`` is read and overwritten; all zeros asks for the seed's initial direction.
+GETTER_SIGNATURE = types.int64(
+    types.float64[:, :, :, ::1],  # field (i, j, k, channel)
+    types.float64[:, ::1],  # basis (hemisphere vertices, coefficients) or empty
+    types.float64[:, ::1],  # hemisphere vertices (voxel frame) or empty
+    types.float64[::1],  # point (voxel indices)
+    types.float64[::1],  # direction (in/out)
+    types.float64[::1],  # getter params: cos(max_angle), pmf_threshold
+    types.uint64[::1],  # rng state
+    types.float64[::1],  # scratch
+)
+#: ``status = stopper(stop_map, point, params)``.
+STOPPER_SIGNATURE = types.int64(types.float64[:, :, ::1], types.float64[::1], types.float64[::1])
+
+_DRIVER_SIGNATURE = types.Tuple((types.float64[:, ::1], types.int64[::1], types.uint8[:, ::1]))(
+    types.FunctionType(GETTER_SIGNATURE),
+    types.FunctionType(STOPPER_SIGNATURE),
+    types.float64[:, :, :, ::1],
+    types.float64[:, ::1],
+    types.float64[:, ::1],
+    types.float64[:, :, ::1],
+    types.float64[:, ::1],
+    types.int64[::1],
+    types.float64[::1],
+    types.float64[::1],
+    types.float64[::1],
+    types.int64,
+    types.int64,
+    types.uint64,
+    types.int64,
+)
+
+
+#: ``(inside, i0, j0, k0, i1, j1, k1, fi, fj, fk)`` of :func:`trilinear_cell`.
+_CELL = types.Tuple((types.boolean, *([types.int64] * 6), *([types.float64] * 3)))
+
+
+@njit(
+    _CELL(types.UniTuple(types.int64, 3), types.float64[::1]),
+    nogil=True,
+    cache=True,
+)
+def trilinear_cell(shape, point):
+    """The interpolation cell of ``point``: low and high corner indices and fractions.
+
+    ``inside`` is False beyond half a voxel from the first or last voxel centre; corners past
+    the edge are clamped to it, as dipy does. Corner ``(a, b, c)`` (0 = low, 1 = high) has
+    weight ``(fi if a else 1 - fi) * (fj if b else 1 - fj) * (fk if c else 1 - fk)``.
+    """
+    for axis in range(3):
+        if not (point[axis] >= -0.5 and point[axis] < shape[axis] - 0.5):
+            return False, 0, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0
+    fi = math.floor(point[0])
+    fj = math.floor(point[1])
+    fk = math.floor(point[2])
+    return (
+        True,
+        max(int(fi), 0),
+        max(int(fj), 0),
+        max(int(fk), 0),
+        min(int(fi) + 1, shape[0] - 1),
+        min(int(fj) + 1, shape[1] - 1),
+        min(int(fk) + 1, shape[2] - 1),
+        point[0] - fi,
+        point[1] - fj,
+        point[2] - fk,
+    )
+
+
+@njit(types.float64[:, ::1](types.float64[:, ::1], types.int64), nogil=True, cache=True)
+def _grow(buffer: np.ndarray, needed: int) -> np.ndarray:
+    """A copy of ``buffer`` with room for at least ``needed`` rows."""
+    bigger = np.empty((max(needed, 2 * buffer.shape[0]), 3))
+    bigger[: buffer.shape[0]] = buffer
+    return bigger
+
+
+@njit(_DRIVER_SIGNATURE, nogil=True, cache=True)
+def track_seed_range(
+    getter,
+    stopper,
+    field,
+    basis,
+    vertices,
+    stop_map,
+    seeds,
+    seed_ids,
+    voxel_steps,
+    getter_params,
+    stopper_params,
+    max_points,
+    min_points,
+    rng_key,
+    scratch_size,
+):
+    """Track every seed in ``seeds`` (voxel indices), both ways; the serial engine.
+
+    ``voxel_steps`` is the step size in voxels along each axis (step mm / voxel size mm);
+    ``max_points`` bounds the steps of the whole streamline (forward half first, the
+    backward half gets what is left); streamlines with fewer than
+    ``min_points`` points are dropped (length 0). Returns ``(points, lengths, reasons)``:
+    the kept streamlines' points (voxel indices) one after another, the point count of every
+    seed's streamline (0 when dropped), and ``(backward, forward)`` stop reasons per seed.
+    """
+    n_seeds = seeds.shape[0]
+    lengths = np.zeros(n_seeds, np.int64)
+    reasons = np.zeros((n_seeds, 2), np.uint8)
+    capacity = max(1024, n_seeds * 16)
+    out = np.empty((capacity, 3))
+    n_out = 0
+    line = np.empty((2 * max_points + 1, 3))
+    point = np.empty(3)
+    direction = np.empty(3)
+    first_step = np.empty(3)
+    rng_state = np.zeros(RNG_STATE_SIZE, np.uint64)
+    scratch = np.empty(scratch_size)
+    centre = max_points
+    for s in range(n_seeds):
+        rng_state[0] = rng_key
+        rng_state[1] = np.uint64(seed_ids[s])
+        rng_state[2] = 0
+        for axis in range(3):
+            line[centre, axis] = seeds[s, axis]
+            point[axis] = seeds[s, axis]
+            direction[axis] = 0.0
+        status = getter(field, basis, vertices, point, direction, getter_params, rng_state, scratch)
+        if status != GETTER_OK:
+            code = REASON_INVALID if status == GETTER_INVALID else REASON_ANGLE
+            reasons[s, 0] = code
+            reasons[s, 1] = code
+            if min_points <= 1:
+                lengths[s] = 1
+                if n_out + 1 > out.shape[0]:
+                    out = _grow(out, n_out + 1)
+                out[n_out] = line[centre]
+                n_out += 1
+            continue
+        for axis in range(3):
+            first_step[axis] = direction[axis]
+        last = centre
+        first = centre
+        for half in range(2):
+            sign = 1 if half == 0 else -1
+            for axis in range(3):
+                point[axis] = seeds[s, axis]
+                direction[axis] = first_step[axis] * sign
+            reason = REASON_MAX_LENGTH
+            taken = 0
+            # Both halves share the length budget: max_points steps in all.
+            budget = max_points if half == 0 else max_points - (last - centre)
+            for n in range(1, budget + 1):
+                status = getter(
+                    field, basis, vertices, point, direction, getter_params, rng_state, scratch
+                )
+                if status == GETTER_INVALID:
+                    reason = REASON_INVALID
+                    break
+                if status != GETTER_OK:
+                    reason = REASON_ANGLE
+                    break
+                if half == 0 and n == 1:
+                    # The backward half leaves along the first forward step, reversed.
+                    for axis in range(3):
+                        first_step[axis] = direction[axis]
+                for axis in range(3):
+                    point[axis] += direction[axis] * voxel_steps[axis]
+                check = stopper(stop_map, point, stopper_params)
+                if check != STOP_CONTINUE:
+                    # The point that failed the check is not kept (as in dipy).
+                    if check == STOP_ENDPOINT:
+                        reason = REASON_ENDPOINT
+                    elif check == STOP_OUTSIDE:
+                        reason = REASON_OUTSIDE
+                    else:
+                        reason = REASON_INVALID
+                    break
+                taken = n
+                index = centre + sign * n
+                for axis in range(3):
+                    line[index, axis] = point[axis]
+            if half == 0:
+                last = centre + taken
+                reasons[s, 1] = reason
+            else:
+                first = centre - taken
+                reasons[s, 0] = reason
+        count = last - first + 1
+        if count < min_points:
+            continue
+        lengths[s] = count
+        if n_out + count > out.shape[0]:
+            out = _grow(out, n_out + count)
+        for n in range(count):
+            for axis in range(3):
+                out[n_out + n, axis] = line[first + n, axis]
+        n_out += count
+    return out[:n_out].copy(), lengths, reasons
