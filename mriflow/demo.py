@@ -48,6 +48,7 @@ def run_demo(
     shape: tuple[int, int, int] = (48, 56, 40),
     workers: int | None = None,
     scheduler: str | None = None,
+    seed_density: int = 1,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the demo into ``out_dir``; returns ``{"files": {...}, "stages": {name: seconds}}``."""
@@ -88,6 +89,32 @@ def run_demo(
         to_zarr(found, store, group="peaks", overwrite=True)
         files["fits"] = store
         lap("csd + peaks")
+        from mriflow import track
+
+        fa_map = tensor["fa"].compute()
+        white_matter = open_image(paths["labels"], chunks=None).load() == 2
+        seeds = track.seeds_from_mask(white_matter, density=seed_density)
+        tractogram = track.track(
+            odf.compute(),
+            track.ThresholdStopping(fa_map, 0.15),
+            seeds,
+            method="probabilistic",
+            step_size=0.5,
+            max_angle=30,
+            rng=42,
+        )
+        files["tracts.trk"] = out / "tracts.trk"
+        tractogram.save(files["tracts.trk"])
+        from mriflow.viz import streamlines_png
+
+        files["streamlines.png"] = streamlines_png(
+            tractogram.positions,
+            tractogram.offsets,
+            out / "streamlines.png",
+            title="probabilistic CSD tracking",
+        )
+        say(f"  {len(tractogram)} streamlines from {len(seeds)} seeds")
+        lap("tracking")
         tensor["fa"].mri.plot(output_path=out / "fa.png", cmap="gray", title="FA")
         files["fa.png"] = out / "fa.png"
         files["colour_fa.png"] = _colour_fa(tensor["rgb"], out / "colour_fa.png")

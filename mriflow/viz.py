@@ -17,7 +17,7 @@ import xarray as xr
 from mriflow.errors import GeometryError
 from mriflow.image.affine import SPATIAL_DIMS
 
-__all__ = ["orthogonal_slices", "plot", "to_gif", "view"]
+__all__ = ["orthogonal_slices", "plot", "streamlines_png", "to_gif", "view"]
 
 _OPPOSITE = {"R": "L", "L": "R", "A": "P", "P": "A", "S": "I", "I": "S"}
 
@@ -203,3 +203,57 @@ def view(image: xr.DataArray, *, percentiles: tuple[float, float] = (1.0, 99.5))
         plt.show()
 
     return widgets.interactive(show, **sliders)
+
+
+def streamlines_png(
+    positions: np.ndarray,
+    offsets: np.ndarray,
+    output_path: str | os.PathLike[str],
+    *,
+    title: str = "streamlines",
+    max_streamlines: int = 5000,
+    seed: int = 0,
+) -> Path:
+    """Three projections (sagittal, coronal, axial) of streamlines in RAS mm, each segment
+    coloured by its direction (red L-R, green A-P, blue S-I). Draws at most
+    ``max_streamlines``, picked at random with ``seed``."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
+
+    positions = np.asarray(positions, dtype=np.float64)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    count = len(offsets) - 1
+    chosen = np.arange(count)
+    if count > max_streamlines:
+        chosen = np.sort(np.random.default_rng(seed).choice(count, max_streamlines, replace=False))
+    segments, colours = [], []
+    for n in chosen:
+        points = positions[offsets[n] : offsets[n + 1]]
+        if len(points) < 2:
+            continue
+        steps = np.diff(points, axis=0)
+        lengths = np.linalg.norm(steps, axis=1, keepdims=True)
+        colours.append(np.abs(steps) / np.maximum(lengths, 1e-9))
+        segments.append(np.stack([points[:-1], points[1:]], axis=1))
+    figure, axes = plt.subplots(1, 3, figsize=(12, 4.4), layout="constrained")
+    views = {"sagittal": (1, 2), "coronal": (0, 2), "axial": (0, 1)}
+    names = "RAS"
+    if segments:
+        lines = np.concatenate(segments)
+        rgb = np.clip(np.concatenate(colours), 0, 1)
+        for ax, (name, (h, v)) in zip(axes, views.items(), strict=True):
+            ax.add_collection(LineCollection(lines[:, :, [h, v]], colors=rgb, linewidths=0.4))
+            ax.autoscale()
+            ax.set_aspect("equal")
+            ax.set_facecolor("black")
+            ax.set_title(name)
+            ax.set_xlabel(f"{names[h]} (mm)")
+            ax.set_ylabel(f"{names[v]} (mm)")
+    figure.suptitle(f"{title}: {count} streamlines ({len(chosen)} drawn)")
+    path = Path(output_path)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

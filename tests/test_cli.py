@@ -61,14 +61,16 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     # phantom truth: white matter is anisotropic (FA ~0.7 in single-fibre voxels), CSF is not
     assert result["summary"]["fa_white_matter"] > 0.35
     assert result["summary"]["fa_csf"] < 0.15
-    assert set(result["stages"]) >= {"phantom", "dti", "csd + peaks", "pictures"}
+    assert set(result["stages"]) >= {"phantom", "dti", "csd + peaks", "tracking", "pictures"}
+    tracts = nib.streamlines.load(result["files"]["tracts.trk"])
+    assert len(tracts.streamlines) > 100
     import mriflow
 
     peaks = mriflow.open_zarr(result["files"]["fits"], group="peaks")
     assert "peak_dirs" in peaks
     from PIL import Image
 
-    for name in ("fa.png", "colour_fa.png"):
+    for name in ("fa.png", "colour_fa.png", "streamlines.png"):
         picture = np.asarray(Image.open(result["files"][name]).convert("RGB"), dtype=float)
         assert picture.std() > 10, name
     assert main(["--quiet", "demo", str(tmp_path / "cli"), "--workers", "1"]) == 0
