@@ -156,13 +156,15 @@ def demo(
     scheduler: Annotated[
         str | None, typer.Option(help="Address of an existing dask scheduler (else a local one).")
     ] = None,
+    small: Annotated[bool, typer.Option(help="A 24x28x20 phantom instead of 48x56x40.")] = False,
 ) -> None:
     """Generate a synthetic DWI dataset and run the whole pipeline on a local dask cluster."""
     from mriflow.demo import run_demo
 
     started = time.perf_counter()
     _say(f"[bold]mriflow demo[/] into {out_dir}/")
-    result = run_demo(out_dir, workers=workers, scheduler=scheduler, say=_say)
+    shape = (24, 28, 20) if small else (48, 56, 40)
+    result = run_demo(out_dir, shape=shape, workers=workers, scheduler=scheduler, say=_say)
     _say("[bold]files[/]")
     for name, path in result["files"].items():
         _say(f"  {name:14s} {path}")

@@ -73,8 +73,14 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     for name in ("fa.png", "colour_fa.png", "streamlines.png"):
         picture = np.asarray(Image.open(result["files"][name]).convert("RGB"), dtype=float)
         assert picture.std() > 10, name
-    assert main(["--quiet", "demo", str(tmp_path / "cli"), "--workers", "1"]) == 0
-    assert (tmp_path / "cli" / "fits.zarr").exists()
+
+
+def test_demo_through_the_console_script(tmp_path):
+    result = console("demo", tmp_path, "--small", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    for name in ("fits.zarr", "tracts.trk", "streamlines.png", "colour_fa.png", "fa_RAS.nii.gz"):
+        assert name in result.stdout
+        assert (tmp_path / name).exists()
 
 
 def test_python_dash_m(nibabel_data):
