@@ -9,7 +9,6 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -91,10 +90,7 @@ def plan_image(
     if affine is not None:
         image = image.copy()
         image.attrs["affine"] = np.asarray(affine, dtype=np.float64)
-    try:
-        effective = image.mri.affine
-    except GeometryError:
-        raise
+    effective = image.mri.affine
     spatial = list(image.mri.spatial_dims)
     missing = [d for d in SPATIAL_DIMS if d not in spatial]
     others = [str(d) for d in image.dims if d not in SPATIAL_DIMS]
@@ -619,10 +615,3 @@ def _dataset_to_zarr(dataset: xr.Dataset, store: Any, *, group: str | None, **op
     meta["complete"] = True
     root.attrs["mriflow"] = meta
     return loc.name
-
-
-def local_path(location: Any) -> Path | None:
-    """The local folder of a store location, or None for remote ones."""
-    if isinstance(location, str | os.PathLike) and "://" not in str(location):
-        return Path(location).expanduser().absolute()
-    return None
