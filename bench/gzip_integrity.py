@@ -26,11 +26,25 @@ def timed(function) -> float:
     return time.perf_counter() - started
 
 
+def _skip_gzip_header(stream) -> None:
+    """Move past a gzip member header (RFC 1952), optional fields included."""
+    header = stream.read(10)
+    flags = header[3]
+    if flags & 4:  # FEXTRA
+        stream.read(int.from_bytes(stream.read(2), "little"))
+    for flag in (8, 16):  # FNAME, FCOMMENT: zero-terminated
+        if flags & flag:
+            while stream.read(1) not in (b"\0", b""):
+                pass
+    if flags & 2:  # FHCRC
+        stream.read(2)
+
+
 def zlib_pass(path: Path, crc: bool) -> None:
     inflater = zlib.decompressobj(-15)
     checksum = 0
     with path.open("rb") as stream:
-        stream.read(10)  # the gzip header of a file written without optional fields
+        _skip_gzip_header(stream)
         while block := stream.read(16 << 20):
             out = inflater.decompress(block)
             if crc:

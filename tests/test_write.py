@@ -108,3 +108,11 @@ def test_refuses_other_formats(tmp_path):
     image = mriflow.from_array(np.zeros((2, 2, 2)), np.eye(4))
     with pytest.raises(ImageFormatError, match=r"out\.mgz"):
         image.mri.to_nifti(tmp_path / "out.mgz")
+
+
+def test_gzip_output_names_no_file_and_no_time(tmp_path):
+    image = mriflow.from_array(np.zeros((3, 3, 3), np.float32), np.eye(4))
+    raw = image.mri.to_nifti(tmp_path / "secret_patient_name.nii.gz").read_bytes()
+    assert raw[3] & 0x08 == 0  # no FNAME field
+    assert raw[4:8] == b"\0\0\0\0"  # mtime 0: the same bytes every run
+    assert b"secret" not in raw

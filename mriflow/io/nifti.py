@@ -792,9 +792,13 @@ def to_nifti(
         target = _MemmapTarget(str(raw_path), raw_dtype, shape, offset)
         dask_array.store(data, target, lock=False)
         if suffix == ".nii.gz":
+            # no file name in the gzip header (it would be the staging name), no time stamp
             with (
                 raw_path.open("rb") as source,
-                gzip.GzipFile(staging, "wb", compresslevel=compresslevel, mtime=0) as sink,
+                staging.open("wb") as target,
+                gzip.GzipFile(
+                    filename="", mode="wb", fileobj=target, compresslevel=compresslevel, mtime=0
+                ) as sink,
             ):
                 shutil.copyfileobj(source, sink, 16 << 20)
             raw_path.unlink()
