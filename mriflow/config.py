@@ -233,5 +233,5 @@ def load_config(path: str | os.PathLike[str]) -> PipelineConfig:
         return PipelineConfig.model_validate(content)
     except ValidationError as exc:
         lines = _lines(text)
-        problems = [_explain(e, lines, source) for e in exc.errors()]
+        problems = [_explain(dict(e), lines, source) for e in exc.errors()]
         raise ConfigError("\n".join(problems)) from None

@@ -25,7 +25,7 @@ _OPPOSITE = {"R": "L", "L": "R", "A": "P", "P": "A", "S": "I", "I": "S"}
 def _one_volume(image: xr.DataArray, index: dict[str, int] | None = None) -> xr.DataArray:
     """The 3D spatial part of ``image``: non-spatial dims at ``index`` (default 0)."""
     index = dict(index or {})
-    others = {d: index.get(d, 0) for d in image.dims if d not in SPATIAL_DIMS}
+    others = {str(d): index.get(str(d), 0) for d in image.dims if d not in SPATIAL_DIMS}
     volume = image.isel(others) if others else image
     if len(volume.mri.spatial_dims) != 3:
         raise GeometryError(f"{image.name or 'image'}: pictures need the three spatial dims")
@@ -160,7 +160,9 @@ def to_gif(
         frames_array = ras.transpose(axis, *reversed(others))
     else:
         rest = {
-            d: (index or {}).get(d, 0) for d in image.dims if d not in SPATIAL_DIMS and d != axis
+            str(d): (index or {}).get(str(d), 0)
+            for d in image.dims
+            if d not in SPATIAL_DIMS and d != axis
         }
         series = image.isel(rest) if rest else image
         ras = series.mri.reorient("RAS")
@@ -188,7 +190,7 @@ def view(image: xr.DataArray, *, percentiles: tuple[float, float] = (1.0, 99.5))
     sample = _one_volume(image).isel({spatial[2]: image.sizes[spatial[2]] // 2}).values
     low, high = _limits(np.asarray(sample, dtype=np.float64), percentiles)
     sliders = {
-        d: widgets.IntSlider(
+        str(d): widgets.IntSlider(
             value=n // 2 if d == spatial[2] else 0, min=0, max=n - 1, description=d
         )
         for d, n in image.sizes.items()
@@ -245,7 +247,8 @@ def streamlines_png(
         lines = np.concatenate(segments)
         rgb = np.clip(np.concatenate(colours), 0, 1)
         for ax, (name, (h, v)) in zip(axes, views.items(), strict=True):
-            ax.add_collection(LineCollection(lines[:, :, [h, v]], colors=rgb, linewidths=0.4))
+            planar = list(lines[:, :, [h, v]])
+            ax.add_collection(LineCollection(planar, colors=rgb, linewidths=0.4))
             ax.autoscale()
             ax.set_aspect("equal")
             ax.set_facecolor("black")

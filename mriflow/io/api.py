@@ -66,10 +66,10 @@ def open_image(
     from mriflow.io.zarr import is_zarr_location, open_zarr
 
     if is_zarr_location(source):
-        image = open_zarr(source, chunks=None if chunks == "auto" else chunks)
-        if not isinstance(image, xr.DataArray):
+        stored = open_zarr(source, chunks=None if chunks == "auto" else chunks)
+        if not isinstance(stored, xr.DataArray):
             raise ImageFormatError(f"{source}: holds a Dataset of maps; use mriflow.open_zarr")
-        return image
+        return stored
     path = Path(source).expanduser()
     if path.is_dir() and nifti_suffix(path) is not None:
         raise ImageFormatError(
@@ -93,7 +93,7 @@ def open_image(
     if chunks is None:
         return image
     if chunks == "auto":
-        chunks = auto_chunks(image.shape, image.dims, image.dtype.itemsize)
+        chunks = auto_chunks(image.shape, tuple(map(str, image.dims)), image.dtype.itemsize)
     token = tokenize(image.encoding["token"], kind, modality, chunks)
     chunked = image.chunk(chunks, name_prefix=f"open_image-{image.name}-", token=token)
     # coordinates (gradient tables, times) are small: keep them in memory, not in dask

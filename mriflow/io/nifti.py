@@ -186,7 +186,7 @@ def _byte_extent(key: tuple[Any, ...], layout: _Layout) -> int:
             last.append(max(selected[0], selected[-1]))
         else:
             last.append(int(index) % size)
-    flat = int(np.ravel_multi_index(last, layout.shape, order=layout.order))  # type: ignore[arg-type]
+    flat = int(np.ravel_multi_index(tuple(last), layout.shape, order=layout.order))  # type: ignore[call-overload]
     return layout.offset + (flat + 1) * np.dtype(layout.dtype).itemsize
 
 
@@ -789,15 +789,15 @@ def to_nifti(
         with raw_path.open("wb") as stream:
             header.write_to(stream)
             stream.truncate(offset + int(np.prod(shape, dtype=np.int64)) * raw_dtype.itemsize)
-        target = _MemmapTarget(str(raw_path), raw_dtype, shape, offset)
-        dask_array.store(data, target, lock=False)
+        region_target = _MemmapTarget(str(raw_path), raw_dtype, shape, offset)
+        dask_array.store(data, region_target, lock=False)  # type: ignore[arg-type]
         if suffix == ".nii.gz":
             # no file name in the gzip header (it would be the staging name), no time stamp
             with (
                 raw_path.open("rb") as source,
-                staging.open("wb") as target,
+                staging.open("wb") as compressed,
                 gzip.GzipFile(
-                    filename="", mode="wb", fileobj=target, compresslevel=compresslevel, mtime=0
+                    filename="", mode="wb", fileobj=compressed, compresslevel=compresslevel, mtime=0
                 ) as sink,
             ):
                 shutil.copyfileobj(source, sink, 16 << 20)
