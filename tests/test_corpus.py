@@ -161,3 +161,59 @@ def test_fuzzed_headers_never_give_untyped_errors_or_garbage(tmp_path, raw):
     np.testing.assert_array_equal(values, np.asanyarray(reference.dataobj))
     assert np.all(np.isfinite(image.mri.affine))
     assert abs(np.linalg.det(image.mri.affine[:3, :3])) > 0
+
+
+# --- fuzzing: DICOM geometry tags ----------------------------------------------------------
+
+GEOMETRY_VALUES = st.one_of(
+    st.floats(-1e4, 1e4, allow_nan=False, width=32),
+    st.sampled_from([0.0, float("nan"), float("inf"), 1e30]),
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    field=st.sampled_from(
+        ["ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "SliceThickness"]
+    ),
+    values=st.lists(GEOMETRY_VALUES, min_size=1, max_size=6),
+    which=st.sampled_from(["one", "all"]),
+)
+def test_fuzzed_dicom_geometry_gives_typed_errors_or_sane_geometry(
+    tmp_path_factory, field, values, which
+):
+    import pydicom
+
+    from mriflow.io.dicom import synthetic
+
+    folder = tmp_path_factory.mktemp("dicomfuzz")
+    written = synthetic.write_series(folder, shape=(6, 5, 4))
+    targets = written.files if which == "all" else written.files[1:2]
+    for path in targets:
+        dataset = pydicom.dcmread(path)
+        try:
+            with warnings.catch_warnings():  # pydicom warns about the invalid values we write
+                warnings.simplefilter("ignore")
+                value = [str(v) for v in values] if len(values) > 1 else str(values[0])
+                setattr(dataset, field, value)
+                dataset.save_as(path, enforce_file_format=True)
+        except (ValueError, OverflowError, TypeError):
+            return  # pydicom itself refuses to write this value: nothing to test
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            image = mriflow.open_image(folder)
+            values_read = image.values
+        except MriflowError as exc:
+            message = str(exc)
+        else:
+            message = None
+    if message is not None:
+        assert str(folder) in message or written.series_uid in message or "IM" in message
+        return
+    affine = image.mri.affine
+    assert np.all(np.isfinite(affine))
+    assert abs(np.linalg.det(affine[:3, :3])) > 0
+    assert values_read.shape[:2] == (6, 5)
