@@ -33,6 +33,8 @@ def get_client(
     address = address or os.environ.get(SCHEDULER_ENV)
     if address:
         return Client(address)
+    if not dashboard:
+        cluster_kwargs.setdefault("scheduler_kwargs", {})["dashboard"] = False
     # Client starts the LocalCluster itself, so closing the client also stops the cluster.
     return Client(
         host="127.0.0.1",
@@ -40,6 +42,6 @@ def get_client(
         threads_per_worker=threads_per_worker,
         memory_limit=memory_limit,
         processes=processes,
-        dashboard_address="127.0.0.1:0" if dashboard else None,
+        dashboard_address="127.0.0.1:0",  # never distributed's default of every interface
         **cluster_kwargs,
     )
