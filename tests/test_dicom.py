@@ -380,7 +380,8 @@ def test_enhanced_philips_scaling_uses_the_full_formula(tmp_path):
     np.testing.assert_allclose(image.values, expected, rtol=1e-6)
     simplified = written.stored / scale  # only right when RS = 1 and RI = 0
     assert not np.allclose(image.values, simplified)
-    # dcm2niix writes Philips display values DV = PV*RS + RI, i.e. FP * RS * SS
+    # dcm2niix does not look for ScaleSlope inside the per-frame private sequence (2005,140F),
+    # so here it writes display values DV = PV*RS + RI, i.e. FP * RS * SS
     reference = _dcm2niix(tmp_path / "enh", tmp_path / "nii")
     ours_data, ours_affine = _canonical(image)
     ref_data, ref_affine = _canonical(reference)
@@ -634,3 +635,24 @@ def test_a_dicom_series_computes_on_a_local_cluster(tmp_path):
         client.close()
         client.cluster.close()
     np.testing.assert_allclose(mean.values, written.physical.mean(axis=-1), rtol=1e-6)
+
+
+def test_classic_philips_scaling_matches_formula_and_dcm2niix(tmp_path):
+    slope, intercept, scale = 1.75, -12.0, 0.025
+    written = syn.write_series(
+        tmp_path / "s",
+        shape=(8, 6, 4),
+        vendor="philips",
+        rescale=(slope, intercept),
+        philips_scale=scale,
+        orientation=CORONAL,
+    )
+    image = mriflow.open_image(tmp_path / "s")
+    expected = (written.stored[..., 0] * slope + intercept) / (slope * scale)
+    np.testing.assert_allclose(image.values, expected, rtol=1e-6)
+    # dcm2niix's default Philips scaling is the same precise floating-point value
+    reference = _dcm2niix(tmp_path / "s", tmp_path / "nii")
+    ours_data, ours_affine = _canonical(image)
+    ref_data, ref_affine = _canonical(reference)
+    np.testing.assert_allclose(ours_affine, ref_affine, atol=1e-4)
+    np.testing.assert_allclose(ours_data, ref_data, rtol=1e-5)
