@@ -138,7 +138,10 @@ def test_siemens_mosaic_dwi_matches_nicom_and_dcm2niix(tmp_path):
     image = mriflow.open_image(directory)
     assert image.dims == ("i", "j", "k", "volume")
     assert image.shape == (128, 128, 48, 2)
-    assert image.data.numblocks == (1, 1, 1, 2)  # one task per mosaic file
+    assert image.data.numblocks == (1, 1, 1, 1)  # both mosaics fit one block
+    per_file = mriflow.open_image(directory, chunks="file")
+    assert per_file.data.numblocks == (1, 1, 1, 2)  # one task per mosaic file
+    np.testing.assert_array_equal(per_file.values, image.values)
     for index, path in enumerate((b0, b1000)):
         wrapper = _nicom_wrapper(path)
         np.testing.assert_array_equal(image.isel(volume=index).values, wrapper.get_data())
@@ -224,11 +227,13 @@ def test_dynamic_series_has_time_in_seconds_and_is_lazy(tmp_path):
     image = mriflow.load_dicom_series(series)
     assert image.dims == ("i", "j", "k", "t")
     np.testing.assert_allclose(image["t"].values, np.arange(5) * 2.5, atol=1e-3)
-    assert image.data.numblocks == (1, 1, 1, 5)  # one block of files per time point
-    with dask.config.set({"array.chunk-size": f"{8 * 6 * 4 * 2}B"}):
+    assert image.data.numblocks == (1, 1, 1, 1)  # t whole, as many slices as fit
+    with dask.config.set({"array.chunk-size": f"{8 * 6 * 4 * 5 * 2}B"}):
         slabs = mriflow.load_dicom_series(series)
-    assert slabs.data.chunks[2] == (2, 2)  # two float32-sized slices fit a block
+    assert slabs.data.chunks[2:] == ((2, 2), (5,))  # two slices x 5 time points fit a block
     np.testing.assert_array_equal(slabs.values, written.stored)
+    per_file = mriflow.load_dicom_series(series, chunks="file")
+    assert per_file.data.numblocks == (1, 1, 4, 5)  # one task per file
     np.testing.assert_array_equal(image.isel(t=3, k=2).values, written.stored[:, :, 2, 3])
     restored = pickle.loads(pickle.dumps(image))
     np.testing.assert_array_equal(restored.values, written.stored)
@@ -240,9 +245,9 @@ def test_dynamic_series_has_time_in_seconds_and_is_lazy(tmp_path):
         if int(pydicom.dcmread(f, stop_before_pixels=True).TemporalPositionIdentifier) == 5
     )
     victim.unlink()
-    np.testing.assert_array_equal(image.isel(t=0).values, written.stored[..., 0])
+    np.testing.assert_array_equal(per_file.isel(t=0).values, written.stored[..., 0])
     with pytest.raises(CorruptDataError, match=victim.name):
-        image.isel(t=4).values
+        per_file.isel(t=4).values
 
 
 def test_twist_like_frames_stack_in_time_by_tt_suffix(tmp_path):
@@ -373,7 +378,10 @@ def test_enhanced_philips_scaling_uses_the_full_formula(tmp_path):
     )
     image = mriflow.open_image(tmp_path / "enh")
     assert image.dims == ("i", "j", "k", "t")
-    assert image.data.numblocks == (1, 1, 1, 3)  # one frame group per time point
+    assert image.data.numblocks == (1, 1, 1, 1)  # one frame group
+    per_file = mriflow.open_image(tmp_path / "enh", chunks="file")
+    assert per_file.data.numblocks == (1, 1, 1, 3)  # one frame group per time point
+    np.testing.assert_array_equal(per_file.values, image.values)
     np.testing.assert_allclose(image["t"].values, [0.0, 4.0, 8.0])
     np.testing.assert_allclose(image.attrs["affine"], written.affine, atol=1e-5)
     expected = (written.stored * slope + intercept) / (slope * scale)
