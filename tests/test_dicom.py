@@ -135,7 +135,8 @@ def test_siemens_mosaic_dwi_matches_nicom_and_dcm2niix(tmp_path):
     b1000 = _copy(NICOM_DATA / "siemens_dwi_1000.dcm.gz", directory)
     (series,) = mriflow.discover_dicom(directory)
     assert series.role_hint == "dwi"
-    image = mriflow.open_image(directory)
+    with dask.config.set(num_workers=1):  # one reader: blocks as large as the chunk size
+        image = mriflow.open_image(directory)
     assert image.dims == ("i", "j", "k", "volume")
     assert image.shape == (128, 128, 48, 2)
     assert image.data.numblocks == (1, 1, 1, 1)  # both mosaics fit one block
@@ -166,9 +167,14 @@ def test_philips_enhanced_multiframe_matches_nicom_and_dcm2niix(tmp_path):
     (series,) = mriflow.discover_dicom(tmp_path / "mprage")
     assert series.n_frames == 176
     assert series.manufacturer.startswith("Philips")
-    image = mriflow.load_dicom_series(series)
+    with dask.config.set(num_workers=1):
+        image = mriflow.load_dicom_series(series)
     assert image.shape == (256, 256, 176)
     assert image.data.numblocks == (1, 1, 1)  # one frame group
+    with dask.config.set(num_workers=4):  # four readers: four frame groups of 44 frames
+        groups = mriflow.load_dicom_series(series)
+    assert groups.data.chunks[2] == (44, 44, 44, 44)
+    np.testing.assert_array_equal(groups.values, image.values)
     wrapper = _nicom_wrapper(path)
     np.testing.assert_allclose(image.values, wrapper.get_data(), rtol=1e-6)
     # nibabel scales the slice normal by SliceThickness, we take the step between the first
@@ -193,7 +199,8 @@ def test_oblique_shuffled_series_matches_written_geometry_and_dcm2niix(tmp_path)
         tmp_path / "t1", shape=(20, 16, 7), orientation=OBLIQUE, rescale=(0.5, 3.0)
     )
     # names are shuffled: sorting by name does not give slice order
-    image = mriflow.open_image(tmp_path / "t1")
+    with dask.config.set(num_workers=1):
+        image = mriflow.open_image(tmp_path / "t1")
     assert image.dims == ("i", "j", "k")
     assert image.dtype == np.float32
     np.testing.assert_allclose(image.values, written.physical[..., 0])
@@ -224,11 +231,12 @@ def test_dynamic_series_has_time_in_seconds_and_is_lazy(tmp_path):
     (series,) = mriflow.discover_dicom(tmp_path)
     assert series.role_hint == "dynamic"
     assert series.n_temporal_positions == 5
-    image = mriflow.load_dicom_series(series)
+    with dask.config.set(num_workers=1):
+        image = mriflow.load_dicom_series(series)
     assert image.dims == ("i", "j", "k", "t")
     np.testing.assert_allclose(image["t"].values, np.arange(5) * 2.5, atol=1e-3)
     assert image.data.numblocks == (1, 1, 1, 1)  # t whole, as many slices as fit
-    with dask.config.set({"array.chunk-size": f"{8 * 6 * 4 * 5 * 2}B"}):
+    with dask.config.set({"array.chunk-size": f"{8 * 6 * 4 * 5 * 2}B", "num_workers": 1}):
         slabs = mriflow.load_dicom_series(series)
     assert slabs.data.chunks[2:] == ((2, 2), (5,))  # two slices x 5 time points fit a block
     np.testing.assert_array_equal(slabs.values, written.stored)
@@ -376,7 +384,8 @@ def test_enhanced_philips_scaling_uses_the_full_formula(tmp_path):
     written = syn.write_enhanced_series(
         tmp_path / "enh" / "multi.dcm", orientation=OBLIQUE, philips=(slope, intercept, scale)
     )
-    image = mriflow.open_image(tmp_path / "enh")
+    with dask.config.set(num_workers=1):
+        image = mriflow.open_image(tmp_path / "enh")
     assert image.dims == ("i", "j", "k", "t")
     assert image.data.numblocks == (1, 1, 1, 1)  # one frame group
     per_file = mriflow.open_image(tmp_path / "enh", chunks="file")
@@ -636,7 +645,7 @@ def test_a_dicom_series_computes_on_a_local_cluster(tmp_path):
         rescale=(0.5, 1.0),
     )
     image = mriflow.open_image(tmp_path, chunks="file")
-    client = get_client(n_workers=2, threads_per_worker=1, dashboard=False)
+    client = get_client(n_workers=2, threads_per_worker=1)
     try:
         mean = client.compute(image.mean("volume")).result()
     finally:

@@ -505,14 +505,21 @@ def _runs(total: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, total)) for start in range(0, total, size)]
 
 
+def _readers() -> int:
+    """How many blocks to read at once: dask's ``num_workers`` setting, else the CPU count."""
+    return max(1, int(dask.config.get("num_workers", None) or os.cpu_count() or 1))
+
+
 def _plan_blocks(
     volumes: list[list[FrameRecord]], per_file: bool
 ) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]]:
     """The block plan: an object array ``(k blocks, t blocks)`` of reads, and the chunks.
 
     Like NIfTI's ``chunks="auto"``, a block keeps the 4th axis whole and takes as many
-    consecutive slices as fit dask's ``array.chunk-size`` (at least one). A mosaic holds a
-    whole volume, so mosaic blocks keep all slices and group volumes instead.
+    consecutive slices as fit dask's ``array.chunk-size`` (at least one), split further so
+    there is a block per reader (dask's ``num_workers``, else one per CPU) to read files in
+    parallel. A mosaic holds a whole volume, so
+    mosaic blocks keep all slices and group volumes instead.
     ``per_file`` gives one block per file (per slice and volume; a whole mosaic or
     multi-frame volume stays one block).
     """
@@ -530,9 +537,14 @@ def _plan_blocks(
         volumes_per_block = 1
     elif mosaic:
         slices_per_block = n_slices
-        volumes_per_block = max(1, min(n_volumes, limit // (slice_bytes * n_slices)))
+        fitting = limit // (slice_bytes * n_slices)
+        spread = -(-n_volumes // _readers())
+        volumes_per_block = max(1, min(n_volumes, fitting, spread))
     else:
-        slices_per_block = max(1, min(n_slices, limit // (slice_bytes * n_volumes)))
+        # at most what fits the chunk size, and at least one block per CPU to read in parallel
+        fitting = limit // (slice_bytes * n_volumes)
+        spread = -(-n_slices // _readers())
+        slices_per_block = max(1, min(n_slices, fitting, spread))
         volumes_per_block = n_volumes
     slabs = _runs(n_slices, slices_per_block)
     groups = _runs(n_volumes, volumes_per_block)
