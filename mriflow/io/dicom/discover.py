@@ -648,11 +648,17 @@ def _count_volumes(records: Sequence[FrameRecord]) -> int:
         return len(temporal)
     if records and records[0].n_mosaic:
         return len({_image_identity(r) for r in records})
+    placed = [r for r in records if r.position is not None and r.orientation is not None]
+    if not placed:
+        return 1
+    orientations = np.array([r.orientation for r in placed], dtype=np.float64)
+    positions = np.array([r.position for r in placed], dtype=np.float64)
+    normals = np.cross(orientations[:, 3:], orientations[:, :3])
+    keys = np.round(np.einsum("ij,ij->i", normals, positions), 2)
     per_position: dict[float, set[tuple[Any, ...]]] = defaultdict(set)
-    for record in records:
-        if record.position is not None and record.orientation is not None:
-            per_position[_slice_key(record)].add(_image_identity(record))
-    return max((len(v) for v in per_position.values()), default=1)
+    for key, record in zip(keys.tolist(), placed, strict=True):
+        per_position[key].add(_image_identity(record))
+    return max(len(v) for v in per_position.values())
 
 
 def _image_identity(record: FrameRecord) -> tuple[Any, ...]:
@@ -666,12 +672,6 @@ def _image_identity(record: FrameRecord) -> tuple[Any, ...]:
         record.bvalue,
         record.bvector,
     )
-
-
-def _slice_key(record: FrameRecord) -> float:
-    orientation = np.asarray(record.orientation)
-    normal = np.cross(orientation[3:], orientation[:3])
-    return round(float(np.dot(normal, record.position)), 2)  # type: ignore[arg-type]
 
 
 def _make_series(info: dict[str, Any], records: list[FrameRecord]) -> DicomSeries:
