@@ -600,22 +600,19 @@ def _read_many(
     return [read_records(p) for p in paths]
 
 
-def discover_dicom(
-    directory: str | os.PathLike[str], *, workers: int | None = None
-) -> list[DicomSeries]:
+def discover_dicom(directory: str | os.PathLike[str], *, workers: int = 1) -> list[DicomSeries]:
     """Find the DICOM image series under ``directory`` (recursively), reading headers only.
 
     Files that are not DICOM, unreadable, or hold no image are skipped; each is logged at
     INFO level with the reason. Returns series sorted by study, series number and UID, each
     with a ``role_hint`` (see :data:`ROLE_HINTS`). ``workers`` > 1 parses headers in that
-    many processes (default: one per CPU for more than 2,000 files, else in this process).
+    many processes; on a shared 2-core machine that was slower than one process (see
+    bench/results/dicom.md), so the default is to parse here.
     """
     root = Path(directory).expanduser()
     if not root.exists():
         raise MissingFileError(f"{root}: no such file or directory")
     paths = [str(root)] if root.is_file() else _candidate_files(root)
-    if workers is None:
-        workers = (os.cpu_count() or 1) if len(paths) > 2000 else 1
     if workers > 1 and len(paths) > 1:
         batch = max(64, len(paths) // (workers * 8))
         batches = [paths[i : i + batch] for i in range(0, len(paths), batch)]
