@@ -606,8 +606,8 @@ def discover_dicom(directory: str | os.PathLike[str], *, workers: int = 1) -> li
     Files that are not DICOM, unreadable, or hold no image are skipped; each is logged at
     INFO level with the reason. Returns series sorted by study, series number and UID, each
     with a ``role_hint`` (see :data:`ROLE_HINTS`). ``workers`` > 1 parses headers in that
-    many processes; on a shared 2-core machine that was slower than one process (see
-    bench/results/dicom.md), so the default is to parse here.
+    many processes; on the shared 2-core benchmark machine that was slower in one run and
+    faster in another (bench/results/dicom.md), so the default is to parse here.
     """
     root = Path(directory).expanduser()
     if not root.exists():
