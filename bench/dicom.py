@@ -113,11 +113,11 @@ def main() -> None:
             Path(directory, name).read_bytes()
 
     discovery_ours = run_probe(
-        "series = mriflow.discover_dicom(ROOT); result = sum(s.n_files for s in series)",
+        "series = mriflow.discover_dicom(ROOT, workers=2); result = sum(s.n_files for s in series)",
         setup=f"import mriflow; ROOT = {root!r}",
     )
     discovery_serial = run_probe(
-        "series = mriflow.discover_dicom(ROOT, workers=1); result = sum(s.n_files for s in series)",
+        "series = mriflow.discover_dicom(ROOT); result = sum(s.n_files for s in series)",
         setup=f"import mriflow; ROOT = {root!r}",
     )
     discovery_reference = run_probe(
@@ -142,6 +142,15 @@ def main() -> None:
     load_threads = run_probe(
         """
         image = mriflow.load_dicom_series(SERIES)
+        mean = image.mean("t").compute(scheduler="threads")
+        result = float(mean.sum())
+        """,
+        setup=load_setup,
+    )
+    load_small_chunks = run_probe(
+        """
+        with dask.config.set({"array.chunk-size": "16MiB"}):
+            image = mriflow.load_dicom_series(SERIES)
         mean = image.mean("t").compute(scheduler="threads")
         result = float(mean.sum())
         """,
@@ -178,7 +187,7 @@ def main() -> None:
     )
     assert discovery_ours["result"] == discovery_reference["result"] == n_files
     assert discovery_serial["result"] == n_files
-    for ours in (load_threads, load_processes):
+    for ours in (load_threads, load_small_chunks, load_processes):
         relative = abs(ours["result"] - load_reference["result"]) / abs(load_reference["result"])
         assert relative < 1e-5, (ours["result"], load_reference["result"])
 
@@ -188,13 +197,13 @@ def main() -> None:
     rows = [
         (
             f"discovery, {n_files} files",
-            "mriflow.discover_dicom",
+            "mriflow.discover_dicom(workers=2)",
             discovery_ours,
             f"{n_files / discovery_ours['seconds']:.0f} files/s",
         ),
         (
             f"discovery, {n_files} files",
-            "mriflow.discover_dicom(workers=1)",
+            "mriflow.discover_dicom (one process, default)",
             discovery_serial,
             f"{n_files / discovery_serial['seconds']:.0f} files/s",
         ),
@@ -205,6 +214,12 @@ def main() -> None:
             f"{n_files / discovery_reference['seconds']:.0f} files/s",
         ),
         ("load + temporal mean, 4D 96x96x24x250", "mriflow, dask threads", load_threads, ""),
+        (
+            "load + temporal mean, 4D 96x96x24x250",
+            "mriflow, dask threads, array.chunk-size=16MiB",
+            load_small_chunks,
+            "",
+        ),
         ("load + temporal mean, 4D 96x96x24x250", "mriflow, dask 2 processes", load_processes, ""),
         ("load + temporal mean, 4D 96x96x24x250", "pydicom loop into numpy", load_reference, ""),
     ]
@@ -227,10 +242,13 @@ def main() -> None:
         "",
         "Ratios (reference wall / mriflow wall, > 1 means mriflow is faster):",
         "",
-        f"- discovery: {discovery_reference['seconds'] / discovery_ours['seconds']:.2f} "
-        f"(one process: {discovery_reference['seconds'] / discovery_serial['seconds']:.2f})",
+        f"- discovery: {discovery_reference['seconds'] / discovery_serial['seconds']:.2f} "
+        f"(2 processes: {discovery_reference['seconds'] / discovery_ours['seconds']:.2f})",
         f"- load + mean, threads: {load_reference['seconds'] / load_threads['seconds']:.2f}; "
         f"peak RSS {mib(load_threads['peak_rss'])} vs {mib(load_reference['peak_rss'])} MiB",
+        f"- load + mean, threads, 16 MiB chunks: "
+        f"{load_reference['seconds'] / load_small_chunks['seconds']:.2f}; peak RSS "
+        f"{mib(load_small_chunks['peak_rss'])} vs {mib(load_reference['peak_rss'])} MiB",
         f"- load + mean, 2 processes: {load_reference['seconds'] / load_processes['seconds']:.2f};"
         f" peak RSS {mib(load_processes['peak_rss'])} vs "
         f"{mib(load_reference['peak_rss'])} MiB",

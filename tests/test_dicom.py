@@ -135,10 +135,14 @@ def test_siemens_mosaic_dwi_matches_nicom_and_dcm2niix(tmp_path):
     b1000 = _copy(NICOM_DATA / "siemens_dwi_1000.dcm.gz", directory)
     (series,) = mriflow.discover_dicom(directory)
     assert series.role_hint == "dwi"
-    image = mriflow.open_image(directory)
+    with dask.config.set(num_workers=1):  # one reader: blocks as large as the chunk size
+        image = mriflow.open_image(directory)
     assert image.dims == ("i", "j", "k", "volume")
     assert image.shape == (128, 128, 48, 2)
-    assert image.data.numblocks == (1, 1, 1, 2)  # one task per mosaic file
+    assert image.data.numblocks == (1, 1, 1, 1)  # both mosaics fit one block
+    per_file = mriflow.open_image(directory, chunks="file")
+    assert per_file.data.numblocks == (1, 1, 1, 2)  # one task per mosaic file
+    np.testing.assert_array_equal(per_file.values, image.values)
     for index, path in enumerate((b0, b1000)):
         wrapper = _nicom_wrapper(path)
         np.testing.assert_array_equal(image.isel(volume=index).values, wrapper.get_data())
@@ -163,9 +167,14 @@ def test_philips_enhanced_multiframe_matches_nicom_and_dcm2niix(tmp_path):
     (series,) = mriflow.discover_dicom(tmp_path / "mprage")
     assert series.n_frames == 176
     assert series.manufacturer.startswith("Philips")
-    image = mriflow.load_dicom_series(series)
+    with dask.config.set(num_workers=1):
+        image = mriflow.load_dicom_series(series)
     assert image.shape == (256, 256, 176)
     assert image.data.numblocks == (1, 1, 1)  # one frame group
+    with dask.config.set(num_workers=4):  # four readers: four frame groups of 44 frames
+        groups = mriflow.load_dicom_series(series)
+    assert groups.data.chunks[2] == (44, 44, 44, 44)
+    np.testing.assert_array_equal(groups.values, image.values)
     wrapper = _nicom_wrapper(path)
     np.testing.assert_allclose(image.values, wrapper.get_data(), rtol=1e-6)
     # nibabel scales the slice normal by SliceThickness, we take the step between the first
@@ -190,7 +199,8 @@ def test_oblique_shuffled_series_matches_written_geometry_and_dcm2niix(tmp_path)
         tmp_path / "t1", shape=(20, 16, 7), orientation=OBLIQUE, rescale=(0.5, 3.0)
     )
     # names are shuffled: sorting by name does not give slice order
-    image = mriflow.open_image(tmp_path / "t1")
+    with dask.config.set(num_workers=1):
+        image = mriflow.open_image(tmp_path / "t1")
     assert image.dims == ("i", "j", "k")
     assert image.dtype == np.float32
     np.testing.assert_allclose(image.values, written.physical[..., 0])
@@ -221,14 +231,17 @@ def test_dynamic_series_has_time_in_seconds_and_is_lazy(tmp_path):
     (series,) = mriflow.discover_dicom(tmp_path)
     assert series.role_hint == "dynamic"
     assert series.n_temporal_positions == 5
-    image = mriflow.load_dicom_series(series)
+    with dask.config.set(num_workers=1):
+        image = mriflow.load_dicom_series(series)
     assert image.dims == ("i", "j", "k", "t")
     np.testing.assert_allclose(image["t"].values, np.arange(5) * 2.5, atol=1e-3)
-    assert image.data.numblocks == (1, 1, 1, 5)  # one block of files per time point
-    with dask.config.set({"array.chunk-size": f"{8 * 6 * 4 * 2}B"}):
+    assert image.data.numblocks == (1, 1, 1, 1)  # t whole, as many slices as fit
+    with dask.config.set({"array.chunk-size": f"{8 * 6 * 4 * 5 * 2}B", "num_workers": 1}):
         slabs = mriflow.load_dicom_series(series)
-    assert slabs.data.chunks[2] == (2, 2)  # two float32-sized slices fit a block
+    assert slabs.data.chunks[2:] == ((2, 2), (5,))  # two slices x 5 time points fit a block
     np.testing.assert_array_equal(slabs.values, written.stored)
+    per_file = mriflow.load_dicom_series(series, chunks="file")
+    assert per_file.data.numblocks == (1, 1, 4, 5)  # one task per file
     np.testing.assert_array_equal(image.isel(t=3, k=2).values, written.stored[:, :, 2, 3])
     restored = pickle.loads(pickle.dumps(image))
     np.testing.assert_array_equal(restored.values, written.stored)
@@ -240,9 +253,9 @@ def test_dynamic_series_has_time_in_seconds_and_is_lazy(tmp_path):
         if int(pydicom.dcmread(f, stop_before_pixels=True).TemporalPositionIdentifier) == 5
     )
     victim.unlink()
-    np.testing.assert_array_equal(image.isel(t=0).values, written.stored[..., 0])
+    np.testing.assert_array_equal(per_file.isel(t=0).values, written.stored[..., 0])
     with pytest.raises(CorruptDataError, match=victim.name):
-        image.isel(t=4).values
+        per_file.isel(t=4).values
 
 
 def test_twist_like_frames_stack_in_time_by_tt_suffix(tmp_path):
@@ -371,16 +384,21 @@ def test_enhanced_philips_scaling_uses_the_full_formula(tmp_path):
     written = syn.write_enhanced_series(
         tmp_path / "enh" / "multi.dcm", orientation=OBLIQUE, philips=(slope, intercept, scale)
     )
-    image = mriflow.open_image(tmp_path / "enh")
+    with dask.config.set(num_workers=1):
+        image = mriflow.open_image(tmp_path / "enh")
     assert image.dims == ("i", "j", "k", "t")
-    assert image.data.numblocks == (1, 1, 1, 3)  # one frame group per time point
+    assert image.data.numblocks == (1, 1, 1, 1)  # one frame group
+    per_file = mriflow.open_image(tmp_path / "enh", chunks="file")
+    assert per_file.data.numblocks == (1, 1, 1, 3)  # one frame group per time point
+    np.testing.assert_array_equal(per_file.values, image.values)
     np.testing.assert_allclose(image["t"].values, [0.0, 4.0, 8.0])
     np.testing.assert_allclose(image.attrs["affine"], written.affine, atol=1e-5)
     expected = (written.stored * slope + intercept) / (slope * scale)
     np.testing.assert_allclose(image.values, expected, rtol=1e-6)
     simplified = written.stored / scale  # only right when RS = 1 and RI = 0
     assert not np.allclose(image.values, simplified)
-    # dcm2niix writes Philips display values DV = PV*RS + RI, i.e. FP * RS * SS
+    # dcm2niix does not look for ScaleSlope inside the per-frame private sequence (2005,140F),
+    # so here it writes display values DV = PV*RS + RI, i.e. FP * RS * SS
     reference = _dcm2niix(tmp_path / "enh", tmp_path / "nii")
     ours_data, ours_affine = _canonical(image)
     ref_data, ref_affine = _canonical(reference)
@@ -627,10 +645,31 @@ def test_a_dicom_series_computes_on_a_local_cluster(tmp_path):
         rescale=(0.5, 1.0),
     )
     image = mriflow.open_image(tmp_path, chunks="file")
-    client = get_client(n_workers=2, threads_per_worker=1, dashboard=False)
+    client = get_client(n_workers=2, threads_per_worker=1)
     try:
         mean = client.compute(image.mean("volume")).result()
     finally:
         client.close()
         client.cluster.close()
     np.testing.assert_allclose(mean.values, written.physical.mean(axis=-1), rtol=1e-6)
+
+
+def test_classic_philips_scaling_matches_formula_and_dcm2niix(tmp_path):
+    slope, intercept, scale = 1.75, -12.0, 0.025
+    written = syn.write_series(
+        tmp_path / "s",
+        shape=(8, 6, 4),
+        vendor="philips",
+        rescale=(slope, intercept),
+        philips_scale=scale,
+        orientation=CORONAL,
+    )
+    image = mriflow.open_image(tmp_path / "s")
+    expected = (written.stored[..., 0] * slope + intercept) / (slope * scale)
+    np.testing.assert_allclose(image.values, expected, rtol=1e-6)
+    # dcm2niix's default Philips scaling is the same precise floating-point value
+    reference = _dcm2niix(tmp_path / "s", tmp_path / "nii")
+    ours_data, ours_affine = _canonical(image)
+    ref_data, ref_affine = _canonical(reference)
+    np.testing.assert_allclose(ours_affine, ref_affine, atol=1e-4)
+    np.testing.assert_allclose(ours_data, ref_data, rtol=1e-5)

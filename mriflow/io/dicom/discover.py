@@ -601,22 +601,19 @@ def _read_many(
     return [read_records(p) for p in paths]
 
 
-def discover_dicom(
-    directory: str | os.PathLike[str], *, workers: int | None = None
-) -> list[DicomSeries]:
+def discover_dicom(directory: str | os.PathLike[str], *, workers: int = 1) -> list[DicomSeries]:
     """Find the DICOM image series under ``directory`` (recursively), reading headers only.
 
     Files that are not DICOM, unreadable, or hold no image are skipped; each is logged at
     INFO level with the reason. Returns series sorted by study, series number and UID, each
     with a ``role_hint`` (see :data:`ROLE_HINTS`). ``workers`` > 1 parses headers in that
-    many processes (default: one per CPU for more than 2,000 files, else in this process).
+    many processes; on the shared 2-core benchmark machine that was slower in one run and
+    faster in another (bench/results/dicom.md), so the default is to parse here.
     """
     root = Path(directory).expanduser()
     if not root.exists():
         raise MissingFileError(f"{root}: no such file or directory")
     paths = [str(root)] if root.is_file() else _candidate_files(root)
-    if workers is None:
-        workers = (os.cpu_count() or 1) if len(paths) > 2000 else 1
     if workers > 1 and len(paths) > 1:
         batch = max(64, len(paths) // (workers * 8))
         batches = [paths[i : i + batch] for i in range(0, len(paths), batch)]
@@ -670,11 +667,17 @@ def _count_volumes(records: Sequence[FrameRecord]) -> int:
         return len(temporal)
     if records and records[0].n_mosaic:
         return len({_image_identity(r) for r in records})
+    placed = [r for r in records if r.position is not None and r.orientation is not None]
+    if not placed:
+        return 1
+    orientations = np.array([r.orientation for r in placed], dtype=np.float64)
+    positions = np.array([r.position for r in placed], dtype=np.float64)
+    normals = np.cross(orientations[:, 3:], orientations[:, :3])
+    keys = np.round(np.einsum("ij,ij->i", normals, positions), 2)
     per_position: dict[float, set[tuple[Any, ...]]] = defaultdict(set)
-    for record in records:
-        if record.position is not None and record.orientation is not None:
-            per_position[_slice_key(record)].add(_image_identity(record))
-    return max((len(v) for v in per_position.values()), default=1)
+    for key, record in zip(keys.tolist(), placed, strict=True):
+        per_position[key].add(_image_identity(record))
+    return max(len(v) for v in per_position.values())
 
 
 def _image_identity(record: FrameRecord) -> tuple[Any, ...]:
@@ -688,12 +691,6 @@ def _image_identity(record: FrameRecord) -> tuple[Any, ...]:
         record.bvalue,
         record.bvector,
     )
-
-
-def _slice_key(record: FrameRecord) -> float:
-    orientation = np.asarray(record.orientation)
-    normal = np.cross(orientation[3:], orientation[:3])
-    return round(float(np.dot(normal, record.position)), 2)  # type: ignore[arg-type]
 
 
 def _make_series(info: dict[str, Any], records: list[FrameRecord]) -> DicomSeries:

@@ -87,9 +87,10 @@ def load_dicom_series(
     Returns dims ``(i, j, k)``, ``(i, j, k, t)`` with ``t`` in seconds, or ``(i, j, k,
     volume)`` with ``bval``/``bvec_x``/``bvec_y``/``bvec_z`` coordinates (world RAS+) for
     diffusion. Pixels stay on disk until computed, read by one dask task per block:
-    ``chunks="auto"`` makes a block of each volume's slices up to dask's
-    ``array.chunk-size`` (a whole multi-frame volume or mosaic is always one block),
-    ``chunks="file"`` one block per slice file; any other dask chunk spec rechunks that.
+    ``chunks="auto"`` keeps the 4th axis whole in every block (as ``open_image`` does for
+    NIfTI) with as many slices as fit dask's ``array.chunk-size`` (mosaics, which hold whole
+    volumes, group volumes instead); ``chunks="file"`` gives one block per file (a
+    multi-frame volume or a mosaic is one block); any other dask chunk spec rechunks.
     """
     members = [series] if isinstance(series, DicomSeries) else list(series)
     if not members or not all(isinstance(s, DicomSeries) for s in members):
@@ -97,7 +98,7 @@ def load_dicom_series(
     label = _label(members)
     records = _stacked_records(members)
     _check_problems(label, records)
-    image = _assemble(label, records, members, 1 if chunks == "file" else None)
+    image = _assemble(label, records, members, chunks == "file")
     if chunks not in ("auto", "file", None):
         image = image.chunk(chunks)
     image.attrs["kind"] = kind
@@ -383,7 +384,7 @@ def _assemble(
     label: str,
     records: list[FrameRecord],
     members: Sequence[DicomSeries],
-    files_per_block: int | None,
+    per_file: bool,
 ) -> xr.DataArray:
     first = records[0]
     _, _, normal = _in_plane_axes(first)
@@ -398,20 +399,16 @@ def _assemble(
         if first.mosaic_affine is None:
             raise GeometryError(f"{label}: {first.path}: the mosaic geometry is incomplete")
         lps = np.asarray(first.mosaic_affine).reshape(4, 4)
-        n_slices = first.n_mosaic
-        reads: list[list[tuple[_Read, ...]]] = [[(_read_of(v, v[0].n_mosaic),)] for v in volumes]
-        k_chunks: tuple[int, ...] = (n_slices,)
     else:
         groups = _drop_duplicates(label, _group_positions(label, records, normal))
         n_volumes = _check_counts(label, groups, normal)
         _check_spacing(label, groups, normal)
         _check_alignment(label, groups)
         lps = _slice_affine(groups, normal)
-        n_slices = len(groups)
         volumes = [[g[v] for g in groups] for v in range(n_volumes)]
-        reads, k_chunks = _plan_reads(volumes, files_per_block)
     affine = _LPS_TO_RAS @ lps
-    data = _lazy_pixels(reads, k_chunks, first.rows, first.columns)
+    plan, k_chunks, t_chunks = _plan_blocks(volumes, per_file)
+    data = _lazy_pixels(plan, k_chunks, t_chunks, first.rows, first.columns)
     coords, fourth = _volume_coords(label, volumes, members, affine)
     if len(volumes) == 1 and fourth != "volume":
         data = data[..., 0]
@@ -493,55 +490,92 @@ def _read_of(frames: Sequence[FrameRecord], n_mosaic: int = 0) -> _Read:
     )
 
 
-def _plan_reads(
-    volumes: list[list[FrameRecord]], files_per_block: int | None
-) -> tuple[list[list[tuple[_Read, ...]]], tuple[int, ...]]:
-    """Reads grouped into blocks: per volume, runs of ``files_per_block`` slices.
+def _slab_reads(slab: Sequence[FrameRecord], dtype: np.dtype) -> tuple[_Read, ...]:
+    """Reads for a run of one volume's slices: one frame group when they share a multi-frame
+    file (or are a mosaic), else one read per file."""
+    first = slab[0]
+    if first.n_mosaic:
+        return (replace(_read_of(slab, first.n_mosaic), dtype=dtype.str),)
+    if first.frame is not None and len({r.path for r in slab}) == 1:
+        return (replace(_read_of(slab), dtype=dtype.str),)
+    return tuple(replace(_read_of([r]), dtype=dtype.str) for r in slab)
 
-    A volume that lies in one multi-frame file is one frame group (one read); otherwise
-    each slice file is one read and a block reads a run of consecutive slices
-    (``files_per_block=None``: as many as fit dask's ``array.chunk-size``).
+
+def _runs(total: int, size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + size, total)) for start in range(0, total, size)]
+
+
+def _readers() -> int:
+    """How many blocks to read at once: dask's ``num_workers`` setting, else the CPU count."""
+    return max(1, int(dask.config.get("num_workers", None) or os.cpu_count() or 1))
+
+
+def _plan_blocks(
+    volumes: list[list[FrameRecord]], per_file: bool
+) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]]:
+    """The block plan: an object array ``(k blocks, t blocks)`` of reads, and the chunks.
+
+    Like NIfTI's ``chunks="auto"``, a block keeps the 4th axis whole and takes as many
+    consecutive slices as fit dask's ``array.chunk-size`` (at least one), split further so
+    there is a block per reader (dask's ``num_workers``, else one per CPU) to read files in
+    parallel. A mosaic holds a whole volume, so
+    mosaic blocks keep all slices and group volumes instead.
+    ``per_file`` gives one block per file (per slice and volume; a whole mosaic or
+    multi-frame volume stays one block).
     """
-    n_slices = len(volumes[0])
-    grouped = all(v[0].frame is not None and len({r.path for r in v}) == 1 for v in volumes)
-    dtype = _output_dtype([r for v in volumes for r in v])
-    if grouped:
-        return [[(replace(_read_of(v), dtype=dtype.str),)] for v in volumes], (n_slices,)
-    if files_per_block is None:
-        limit = parse_bytes(dask.config.get("array.chunk-size"))
-        slice_bytes = volumes[0][0].rows * volumes[0][0].columns * max(dtype.itemsize, 4)
-        files_per_block = max(1, min(n_slices, limit // max(slice_bytes, 1)))
-    starts = range(0, n_slices, files_per_block)
-    reads = [
-        [
-            tuple(
-                replace(_read_of([r]), dtype=dtype.str) for r in v[start : start + files_per_block]
+    records = [r for v in volumes for r in v]
+    dtype = _output_dtype(records)
+    first = volumes[0][0]
+    mosaic = bool(first.n_mosaic)
+    n_volumes = len(volumes)
+    n_slices = first.n_mosaic if mosaic else len(volumes[0])
+    slice_bytes = first.rows * first.columns * max(dtype.itemsize, 4)
+    limit = parse_bytes(dask.config.get("array.chunk-size"))
+    whole_volume = mosaic or (first.frame is not None and per_file)
+    if per_file:
+        slices_per_block = n_slices if whole_volume else 1
+        volumes_per_block = 1
+    elif mosaic:
+        slices_per_block = n_slices
+        fitting = limit // (slice_bytes * n_slices)
+        spread = -(-n_volumes // _readers())
+        volumes_per_block = max(1, min(n_volumes, fitting, spread))
+    else:
+        # at most what fits the chunk size, and at least one block per CPU to read in parallel
+        fitting = limit // (slice_bytes * n_volumes)
+        spread = -(-n_slices // _readers())
+        slices_per_block = max(1, min(n_slices, fitting, spread))
+        volumes_per_block = n_volumes
+    slabs = _runs(n_slices, slices_per_block)
+    groups = _runs(n_volumes, volumes_per_block)
+    plan = np.empty((len(slabs), len(groups)), dtype=object)
+    for row, (k0, k1) in enumerate(slabs):
+        for column, (t0, t1) in enumerate(groups):
+            plan[row, column] = tuple(
+                _slab_reads(volumes[v] if mosaic else volumes[v][k0:k1], dtype)
+                for v in range(t0, t1)
             )
-            for start in starts
-        ]
-        for v in volumes
-    ]
-    return reads, tuple(min(files_per_block, n_slices - start) for start in starts)
+    return plan, tuple(k1 - k0 for k0, k1 in slabs), tuple(t1 - t0 for t0, t1 in groups)
 
 
 def _lazy_pixels(
-    reads: list[list[tuple[_Read, ...]]], k_chunks: tuple[int, ...], rows: int, columns: int
+    plan: np.ndarray,
+    k_chunks: tuple[int, ...],
+    t_chunks: tuple[int, ...],
+    rows: int,
+    columns: int,
 ) -> da.Array:
-    """``(rows, columns, slices, volumes)`` dask array, one task per block of reads."""
-    plan = np.empty((len(reads[0]), len(reads)), dtype=object)
-    for volume, volume_reads in enumerate(reads):
-        for block, block_reads in enumerate(volume_reads):
-            plan[block, volume] = block_reads
-    dtype = np.dtype(reads[0][0][0].dtype)
-    signatures = sorted({read.path for volume in reads for block in volume for read in block})
-    stamps = [(path, os.stat(path).st_mtime_ns) for path in signatures]
+    """``(rows, columns, slices, volumes)`` dask array, one task per planned block."""
+    reads = [read for block in plan.ravel() for volume in block for read in volume]
+    dtype = np.dtype(reads[0].dtype)
+    stamps = [(path, os.stat(path).st_mtime_ns) for path in sorted({r.path for r in reads})]
     plan_token = tokenize(plan.tolist())
     plan_array = da.from_array(plan, chunks=1, name=f"dicom-plan-{plan_token}")
     return da.map_blocks(
         _read_block,
         plan_array,
         new_axis=[0, 1],
-        chunks=((rows,), (columns,), k_chunks, (1,) * len(reads)),
+        chunks=((rows,), (columns,), k_chunks, t_chunks),
         dtype=dtype,
         meta=np.empty((0, 0, 0, 0), dtype=dtype),
         name=f"dicom-{tokenize(plan_token, stamps)}",
@@ -549,11 +583,13 @@ def _lazy_pixels(
 
 
 def _read_block(plan: np.ndarray) -> np.ndarray:
-    """Pixels of one block: ``(rows, columns, slices, 1)``, scaled to physical values."""
-    reads: tuple[_Read, ...] = plan.ravel()[0]
-    parts = [_scaled_pixels(read) for read in reads]
-    pixels = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
-    return pixels[..., None]
+    """Pixels of one block ``(rows, columns, slices, volumes)``, in physical values."""
+    block: tuple[tuple[_Read, ...], ...] = plan.ravel()[0]
+    volumes = []
+    for reads in block:
+        parts = [_scaled_pixels(read) for read in reads]
+        volumes.append(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2))
+    return np.stack(volumes, axis=-1)
 
 
 def _scaled_pixels(read: _Read) -> np.ndarray:

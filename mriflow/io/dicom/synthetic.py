@@ -180,6 +180,7 @@ def write_series(
     bvals: Sequence[float] | None = None,
     bvecs_lps: np.ndarray | None = None,
     rescale: tuple[float, float] | None = None,
+    philips_scale: float | None = None,
     phase_encoding: str = "COL",
     flip_angle: float = 15.0,
     repetition_time: float = 5.0,
@@ -197,7 +198,8 @@ def write_series(
     midnight (AcquisitionTime) and, when ``temporal_positions``, carries
     TemporalPositionIdentifier ``v + 1``. ``bvals`` (one per volume) and ``bvecs_lps``
     (volumes x 3, patient LPS) write diffusion tags in ``vendor``'s layout (GE's in the logical
-    frame of ``phase_encoding``, "COL" or "ROW"). File names are
+    frame of ``phase_encoding``, "COL" or "ROW"). ``philips_scale`` writes Philips' private
+    ScaleSlope (2005,100E) (use with ``vendor="philips"``). File names are
     shuffled relative to slice order when ``shuffle_names``.
     """
     out = Path(out_dir)
@@ -211,6 +213,8 @@ def write_series(
     stored = _pattern(rows, columns, n_slices, n_volumes, seed)
     slope, intercept = rescale if rescale is not None else (1.0, 0.0)
     physical = stored * slope + intercept
+    if philips_scale is not None:
+        physical = physical / (slope * philips_scale)
     order = np.random.default_rng(seed + 1).permutation(n_slices * n_volumes)
     files = []
     for index in range(n_slices * n_volumes):
@@ -249,6 +253,8 @@ def write_series(
         if rescale is not None:
             ds.RescaleSlope = f"{slope:g}"
             ds.RescaleIntercept = f"{intercept:g}"
+        if philips_scale is not None:
+            _add_private(ds, 0x2005, "Philips MR Imaging DD 001", 0x0E, "FL", philips_scale)
         if bvals is not None:
             vector = np.zeros(3) if bvecs_lps is None else np.asarray(bvecs_lps)[volume]
             _diffusion_tags(ds, vendor, bvals[volume], vector, orientation, phase_encoding)
