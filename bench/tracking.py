@@ -202,12 +202,18 @@ def child(side: str, case: str, fields: Path, n_seeds: int) -> None:
     started = time.perf_counter()
     count, total = run(len(seeds))
     seconds = time.perf_counter() - started
-    print(
-        "@@"
-        + json.dumps(
-            {"seconds": seconds, "streamlines": count, "points": total, "seeds": len(seeds)}
-        )
-    )
+    # Peak RSS of this process image (VmHWM restarts at exec; ru_maxrss of a forked child
+    # starts from the parent's).
+    status = Path("/proc/self/status").read_text().splitlines()
+    peak_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+    figures = {
+        "seconds": seconds,
+        "streamlines": count,
+        "points": total,
+        "seeds": len(seeds),
+        "peak_rss_mib": peak_kib / 1024,
+    }
+    print("@@" + json.dumps(figures))
 
 
 def measure(side: str, case: str, fields: Path, n_seeds: int) -> dict:
@@ -246,7 +252,10 @@ def main() -> None:
     fields = prepare(args.data)
     rows = []
     for label, case in CASES.items():
-        figures = {side: measure(side, case, fields, args.seeds) for side in ("mriflow", "dipy")}
+        figures = {}
+        for side in ("mriflow", "dipy"):
+            figures[side] = measure(side, case, fields, args.seeds)
+            print(side, case, json.dumps(figures[side]), flush=True)
         ours = figures["mriflow"]
         row = {"case": label}
         for side, result in figures.items():
