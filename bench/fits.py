@@ -191,6 +191,7 @@ def _run(args: list[str]) -> dict[str, float]:
         capture_output=True,
         text=True,
         check=False,
+        timeout=1200,
     )
     if completed.returncode != 0:
         raise RuntimeError(f"worker {args} failed:\n{completed.stderr[-3000:]}")
