@@ -26,6 +26,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -74,6 +75,27 @@ def _generate(data_dir: Path, k_slices: int) -> dict[str, str]:
 
 
 # --- workers (run in subprocesses) ------------------------------------------------------------
+
+
+def _open_dwi(folder: Path, k_chunk: int = 4) -> Any:
+    """The DWI as an mriflow image whose chunks are read with positional file reads
+    (nibabel's proxy without a memory map), as main's NIfTI reader now does: memory-mapped
+    pages would count in the workers' RSS."""
+    import dask.array as dask_array
+    import nibabel as nib
+
+    import mriflow
+    from mriflow.io.gradients import read_bval_bvec
+
+    path = _image_path(folder, "sub-01_dwi")
+    image = nib.load(path, mmap=False)
+    data = dask_array.from_array(
+        image.dataobj, chunks=(-1, -1, k_chunk, -1), meta=np.empty((0, 0, 0, 0), np.float32)
+    )
+    bvals, bvecs = read_bval_bvec(
+        folder / "sub-01_dwi.bval", folder / "sub-01_dwi.bvec", image.shape[3]
+    )
+    return mriflow.from_array(data, image.affine, bvals=bvals, bvecs=bvecs)
 
 
 def _image_path(folder: Path, stem: str) -> Path:
@@ -134,7 +156,7 @@ def _mriflow_worker(task: str, folder: Path, response: list[float]) -> dict[str,
     import mriflow
 
     start = time.perf_counter()
-    dwi = mriflow.open_image(_image_path(folder, "sub-01_dwi"), chunks={"k": 4})
+    dwi = _open_dwi(folder)
     mask = mriflow.open_image(_image_path(folder, "sub-01_mask")) > 0
     with dask.config.set(scheduler="threads", num_workers=2):
         if task == "dti":
@@ -173,7 +195,7 @@ def _out_of_core_worker(folder: Path, store: Path, memory_limit: str) -> dict[st
     with get_client(
         n_workers=2, threads_per_worker=1, memory_limit=memory_limit, dashboard=False
     ) as client:
-        dwi = mriflow.open_image(_image_path(folder, "sub-01_dwi"), chunks={"k": 4})
+        dwi = _open_dwi(folder)
         mask = mriflow.open_image(_image_path(folder, "sub-01_mask")) > 0
         n_voxels = int(mask.sum().values)
         dti = mriflow.fit.dti(dwi, mask=mask)[["fa", "md", "evecs"]]
