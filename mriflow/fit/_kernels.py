@@ -7,7 +7,7 @@ from numba import njit
 
 from mriflow.fit.mapper import NUMBA_OPTIONS
 
-__all__ = ["cholesky_solve", "signal_is_valid"]
+__all__ = ["cholesky_solve"]
 
 
 @njit(**NUMBA_OPTIONS)
@@ -44,9 +44,3 @@ def cholesky_solve(
             total -= factor[k, row] * out[k]
         out[row] = total / factor[row, row]
     return True
-
-
-@njit(**NUMBA_OPTIONS)
-def signal_is_valid(signal: np.ndarray) -> bool:
-    """True when every sample is finite and not negative."""
-    return all(value >= 0.0 and value < np.inf for value in signal)
