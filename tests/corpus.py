@@ -278,7 +278,7 @@ _sidecar_case("bval-count", lambda f: (f / "sub-01_dwi.bval").write_text("0 1000
 _sidecar_case("bvec-shape", lambda f: (f / "sub-01_dwi.bvec").write_text("1 0\n0 1\n"))
 _sidecar_case("bvec-missing", lambda f: (f / "sub-01_dwi.bvec").unlink())
 _sidecar_case("bval-negative", lambda f: (f / "sub-01_dwi.bval").write_text("0 -1000 1000"))
-_sidecar_case("bvec-nan", lambda f: (f / "sub-01_dwi.bvec").write_text("nan 1 1\n0 0 0\n0 0 0"))
+_sidecar_case("bvec-nan", lambda f: (f / "sub-01_dwi.bvec").write_text("0 nan 1\n0 0 0\n0 0 0"))
 _sidecar_case("bval-text", lambda f: (f / "sub-01_dwi.bval").write_text("zero thousand x"))
 
 

@@ -179,3 +179,20 @@ def test_from_array_numpy_and_dask():
     assert lazy.chunks is not None
     np.testing.assert_array_equal(lazy.values, data)
     np.testing.assert_allclose(lazy.isel(i=slice(1, None)).mri.origin, [2.0, 0, 0])
+
+
+def test_dipy_sample_with_nan_b0_directions_opens():
+    """dipy's small_64D.bvec holds NaN as the direction of its b=0 volume."""
+    from pathlib import Path
+
+    import dipy
+
+    files = Path(dipy.__file__).parent / "data" / "files"
+    image = mriflow.open_image(files / "small_64D.nii")
+    bvals = np.loadtxt(files / "small_64D.bval")
+    raw = np.loadtxt(files / "small_64D.bvec")  # one row per volume in this file
+    raw = raw if raw.shape == (bvals.size, 3) else raw.T
+    assert np.isnan(raw[bvals == 0]).any()  # the sample really has them
+    np.testing.assert_allclose(image.mri.bvals, bvals)
+    assert np.all(image.mri.bvecs("fsl")[bvals == 0] == 0)
+    np.testing.assert_allclose(image.mri.bvecs("fsl")[bvals > 0], raw[bvals > 0], atol=1e-6)

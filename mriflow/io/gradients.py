@@ -55,14 +55,14 @@ def read_bval_bvec(
 
     Returns ``(bvals (n,), bvecs (n, 3))`` with bvecs as written (FSL convention).
     """
-    bvals = _load_table(bval_path).ravel()
+    bvals = _load_table(bval_path, allow_nan=False).ravel()
     if bvals.size != n_volumes:
         raise SidecarError(
             f"{bval_path}: has {bvals.size} b-values but the image has {n_volumes} volumes"
         )
     if np.any(bvals < 0):
         raise SidecarError(f"{bval_path}: b-values must not be negative")
-    table = _load_table(bvec_path)
+    table = _load_table(bvec_path, allow_nan=True)
     if table.ndim == 2 and table.shape[0] == 3 and table.shape[1] == n_volumes:
         bvecs = table.T
     elif table.ndim == 2 and table.shape == (n_volumes, 3):
@@ -72,14 +72,24 @@ def read_bval_bvec(
             f"{bvec_path}: expected 3 rows of {n_volumes} directions (one per volume), "
             f"got a table of shape {table.shape}"
         )
+    # Some tools (dipy's own sample data among them) write NaN as the direction of b=0
+    # volumes, which have none: read those as zero. NaN anywhere else is an error.
+    undefined = ~np.isfinite(bvecs).all(axis=1)
+    if np.any(undefined & (bvals > 0)):
+        volumes = np.flatnonzero(undefined & (bvals > 0))
+        raise SidecarError(
+            f"{bvec_path}: directions of diffusion-weighted volumes {volumes.tolist()[:10]} "
+            "are NaN or infinite"
+        )
+    bvecs = np.where(undefined[:, None], 0.0, bvecs)
     return bvals.astype(np.float64), bvecs.astype(np.float64)
 
 
-def _load_table(path: Path) -> np.ndarray:
+def _load_table(path: Path, *, allow_nan: bool) -> np.ndarray:
     try:
         table = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except (OSError, ValueError) as exc:
         raise SidecarError(f"{path}: not a table of numbers ({exc})") from exc
-    if not np.all(np.isfinite(table)):
+    if not allow_nan and not np.all(np.isfinite(table)):
         raise SidecarError(f"{path}: contains NaN or infinite values")
     return table
