@@ -4,7 +4,7 @@ Images are lazy, dask-backed ``xarray.DataArray`` objects with labelled axes and
 voxel-to-world affine; the ``.mri`` accessor carries the spatial semantics.
 """
 
-from mriflow import bids, data
+from mriflow import bids, data, fit
 from mriflow import image as _image  # noqa: F401  (registers the ``.mri`` accessor)
 from mriflow._version import __version__
 from mriflow.acquisition import Modality
@@ -13,6 +13,7 @@ from mriflow.errors import (
     AcquisitionError,
     BidsError,
     CorruptDataError,
+    FitInputError,
     GeometryError,
     ImageFormatError,
     ImageHeaderError,
@@ -37,6 +38,7 @@ __all__ = [
     "load_bids",
     "load_bids_with_m0",
     "CorruptDataError",
+    "FitInputError",
     "GeometryError",
     "ImageFormatError",
     "ImageHeaderError",
@@ -46,6 +48,7 @@ __all__ = [
     "SidecarError",
     "__version__",
     "data",
+    "fit",
     "from_array",
     "open_image",
     "to_nifti",

@@ -182,6 +182,59 @@ def acquisition(
     console.print(table)
 
 
+@app.command("fit")
+@_reports_errors
+def fit_command(
+    model: Annotated[str, typer.Argument(help="dti, csa or csd.")],
+    dwi_path: Annotated[Path, typer.Argument(help="DWI image with .bval/.bvec next to it.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the NIfTI maps.")],
+    mask: Annotated[Path | None, typer.Option(help="Brain mask image (same grid).")] = None,
+    sh_order: Annotated[int, typer.Option(help="SH order for csa/csd.")] = 6,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Address of a dask scheduler (else local threads).")
+    ] = None,
+) -> None:
+    """Fit a diffusion model voxel by voxel and write its maps as NIfTI (voxel-frame vectors)."""
+    import dask
+
+    from mriflow import fit as fits
+    from mriflow.cluster import get_client
+    from mriflow.errors import FitInputError
+    from mriflow.io import open_image
+
+    if model not in ("dti", "csa", "csd"):
+        raise FitInputError(f"model: must be dti, csa or csd, got {model!r}")
+    started = time.perf_counter()
+    dwi = open_image(dwi_path)
+    brain = open_image(mask, kind="label") > 0 if mask is not None else None
+    if model == "dti":
+        result = fits.dti(dwi, mask=brain)
+        maps = {name: result[name] for name in ("fa", "md", "ad", "rd", "rgb")}
+        maps["v1"] = result["evecs"].isel(eig=0)
+    else:
+        if model == "csa":
+            result = fits.csa(dwi, sh_order=sh_order, mask=brain)
+            maps = {"gfa": result["gfa"]}
+        else:
+            response = fits.auto_response(dwi)
+            _say(f"response: evals {np.round(response.evals, 6).tolist()}, S0 {response.s0:.1f}")
+            result = fits.csd(dwi, response=response, sh_order=sh_order, mask=brain)
+            maps = {}
+        found = fits.peaks(result, relative_peak_threshold=0.5, min_separation_angle=25)
+        maps.update(
+            shm_coeff=result["shm_coeff"],
+            peak_dirs=found["peak_dirs"],
+            peak_values=found["peak_values"],
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    context = get_client(scheduler) if scheduler else dask.config.set(scheduler="threads")
+    with context:
+        for name, image in maps.items():
+            path = image.astype("float32").mri.to_nifti(out_dir / f"{model}_{name}.nii.gz")
+            _say(f"  {name:12s} {path}")
+    _say(f"done in {time.perf_counter() - started:.1f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     try:

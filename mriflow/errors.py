@@ -10,9 +10,11 @@ from __future__ import annotations
 
 __all__ = [
     "CorruptDataError",
+    "FitInputError",
     "GeometryError",
     "ImageFormatError",
     "ImageHeaderError",
+    "InvalidSignalWarning",
     "MissingFileError",
     "MriflowError",
     "MriflowWarning",
@@ -70,3 +72,11 @@ class MissingTimingError(AcquisitionError):
 
 class MetadataWarning(MriflowWarning):
     """Metadata was accepted from a non-standard place (e.g. b-values in a JSON sidecar)."""
+
+
+class FitInputError(MriflowError, ValueError):
+    """Input to a model fit is unusable: gradients, mask, model order or response."""
+
+
+class InvalidSignalWarning(RuntimeWarning):
+    """Some voxels hold NaN, infinite or negative signal; they fit to NaN (a count is given)."""
