@@ -23,6 +23,8 @@ __all__ = [
     "AcquisitionError",
     "MissingTimingError",
     "MetadataWarning",
+    "PerfusionInputError",
+    "AifError",
 ]
 
 
@@ -80,3 +82,11 @@ class FitInputError(MriflowError, ValueError):
 
 class InvalidSignalWarning(RuntimeWarning):
     """Some voxels hold NaN, infinite or negative signal; they fit to NaN (a count is given)."""
+
+
+class PerfusionInputError(FitInputError):
+    """Input to a perfusion or IVIM fit is unusable (M0, b-values, volume pairing, ...)."""
+
+
+class AifError(PerfusionInputError):
+    """An arterial input function is unusable: wrong time axis, empty mask, NaN values."""
