@@ -355,7 +355,8 @@ DSC_TIMES = np.arange(60) * 1.0
 
 
 def arterial(times):
-    return phantoms.gamma_variate(times, 10.0, 60.0)
+    # Arterial deltaR2* peak 150 1/s at TE 30 ms: tissue signal drops 10-35%.
+    return phantoms.gamma_variate(times, 10.0, 150.0)
 
 
 @pytest.mark.parametrize("snr", [50, 20])
@@ -378,15 +379,15 @@ def test_dsc_recovers_rcbv_cbf_mtt_tmax(tmp_path, snr):
     ]
     tmax_error = flat(fitted.tmax) - delay
     print_table(f"DSC oSVD, SNR {snr} (tmax error median {np.median(tmax_error)} s)", rows)
-    limit = 1.0 if snr == 50 else 2.0
     # rCBV integrates the whole noisy curve: unbiased, its spread is noise-limited.
     assert abs(rows[0]["bias"]) < 0.05
-    assert rows[0]["median_abs"] < 0.45 * limit
-    # oSVD underestimates peak flow (regularised residue); the bound says by how much.
+    assert rows[0]["median_abs"] < (0.2 if snr == 50 else 0.45)
+    # oSVD underestimates peak flow (regularised residue) and so overestimates MTT; the
+    # bounds say by how much.
     assert -0.35 < rows[1]["bias"] < 0.0
-    assert rows[1]["spread"] < 0.4 * limit
-    assert abs(rows[2]["bias"]) < 0.4
-    assert np.median(np.abs(tmax_error)) <= 2.0 * limit
+    assert rows[1]["spread"] < (0.3 if snr == 50 else 0.4)
+    assert 0.0 < rows[2]["bias"] < 0.4
+    assert np.median(np.abs(tmax_error)) <= 2.0
 
 
 def test_dsc_leakage_correction_removes_k2():
