@@ -259,7 +259,7 @@ def test_asl_single_pld_pcasl_white_paper(tmp_path):
     context = mriflow.load_asl_context(root, "01")
     fitted = mriflow.fit.asl_cbf(asl, context=context).compute()
     row = phantoms.recovery("cbf", flat(fitted.cbf), cbf, 20)
-    print_table("ASL PCASL single PLD (M0 included), SNR 20 per pair", [row])
+    print_table("ASL PCASL single PLD (M0 included), mean deltaM SNR 14", [row])
     assert abs(row["bias"]) < 0.03
     assert row["median_abs"] < 0.06
     # The formula, in numpy, on the noise-free difference.
@@ -324,7 +324,7 @@ def test_asl_pasl_quipss2_and_multi_pld(tmp_path):
         phantoms.recovery("cbf", flat(fitted.cbf), cbf, 20),
         phantoms.recovery("att", flat(fitted.att), att, 20),
     ]
-    print_table("ASL multi-PLD PCASL, SNR 20 per pair", rows)
+    print_table("ASL multi-PLD PCASL, deltaM SNR 20 at its peak, per PLD", rows)
     assert all(abs(r["bias"]) < 0.03 and r["median_abs"] < 0.06 for r in rows)
 
 
