@@ -474,3 +474,31 @@ def test_dsc_needs_echo_time(tmp_path):
     image = image.rename({image.dims[-1]: "t"}).assign_coords(t=DSC_TIMES)
     with pytest.raises(AcquisitionError, match=r"echo_time \(EchoTime\) is missing"):
         mriflow.fit.dsc(image, aif=np.ones(60))
+
+
+@pytest.mark.parametrize("m0_type", ["Estimate", "Separate", "Absent"])
+def test_asl_m0_per_m0type(tmp_path, m0_type):
+    cbf = np.linspace(20, 90, 16)
+    m0 = 1200.0
+    difference = phantoms.asl_difference([1.8], 1.8, cbf, np.full(16, 1.0), m0)[:, 0]
+    data = np.stack([np.full(16, 1000.0), 1000.0 - difference], 1)
+    sidecar = {
+        "ArterialSpinLabelingType": "PCASL",
+        "PostLabelingDelay": 1.8,
+        "LabelingDuration": 1.8,
+        "BackgroundSuppression": False,
+        "M0Type": m0_type,
+        "RepetitionTimePreparation": 4.0,
+    }
+    if m0_type == "Estimate":
+        sidecar["M0Estimate"] = m0
+    root = asl_tree(tmp_path / "bids", ["control", "label"], data, sidecar)
+    if m0_type == "Separate":
+        write_series(root / "sub-01" / "perf" / "sub-01_m0scan.nii.gz", np.full((16, 1), m0), {})
+    asl, m0_image = mriflow.load_bids_with_m0(root, "01")
+    if m0_type == "Absent":
+        with pytest.raises(PerfusionInputError, match="no M0: M0Type is Absent"):
+            mriflow.fit.asl_cbf(asl, m0=m0_image)
+        return
+    fitted = mriflow.fit.asl_cbf(asl, m0=m0_image).compute()
+    assert np.allclose(flat(fitted.cbf), cbf, rtol=1e-5)

@@ -24,7 +24,7 @@ __all__ = [
 
 def spatial_dims(image: xr.DataArray) -> list[str]:
     """The image's spatial dims in array order."""
-    return [d for d in image.dims if d in SPATIAL_DIMS]
+    return [str(d) for d in image.dims if d in SPATIAL_DIMS]
 
 
 def series_dim(image: xr.DataArray, preferred: str, label: str) -> str:
@@ -36,7 +36,7 @@ def series_dim(image: xr.DataArray, preferred: str, label: str) -> str:
         raise AcquisitionError(
             f"{label}: expected one {preferred!r} axis besides space, got dims {image.dims}"
         )
-    return extra[0]
+    return str(extra[0])
 
 
 def acquisition_value(

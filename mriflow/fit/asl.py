@@ -349,7 +349,7 @@ def _with_m0_volume(asl: xr.DataArray, m0: xr.DataArray, dim: str, label: str) -
     extra = [d for d in m0.dims if d not in spatial]
     if extra:
         m0 = m0.mean(dim=extra)
-    if sorted(m0.dims) != sorted(spatial):
+    if sorted(map(str, m0.dims)) != sorted(spatial):
         raise PerfusionInputError(f"{label}: M0 dims {m0.dims} do not match the ASL grid")
     m0 = m0.transpose(*spatial)
     if m0.shape != tuple(asl.sizes[d] for d in spatial):
