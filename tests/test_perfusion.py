@@ -502,3 +502,43 @@ def test_asl_m0_per_m0type(tmp_path, m0_type):
         return
     fitted = mriflow.fit.asl_cbf(asl, m0=m0_image).compute()
     assert np.allclose(flat(fitted.cbf), cbf, rtol=1e-5)
+
+
+def test_fits_on_a_local_cluster_match_threads(tmp_path):
+    """Worker processes import the kernels by name; maps equal the threaded scheduler's."""
+    import dask
+
+    from mriflow.cluster import get_client
+
+    rng = np.random.default_rng(50)
+    aif = mriflow.fit.population_aif("parker", TIMES, delay=30)
+    n = 64
+    conc = phantoms.tofts_concentration(
+        TIMES,
+        aif.values / 0.55,
+        rng.uniform(0.05, 0.4, n),
+        rng.uniform(0.1, 0.5, n),
+        np.full(n, 0.03),
+    )
+    conc += rng.normal(size=conc.shape) * 0.01
+    dce_path = write_series(tmp_path / "conc.nii.gz", conc, DCE_SIDECAR)
+    signal = phantoms.ivim_signal(
+        BVALS, 1000.0, np.full(n, 0.1), np.full(n, 0.001), np.full(n, 0.03)
+    )
+    ivim_path = write_series(tmp_path / "ivim.nii.gz", signal + rng.normal(size=signal.shape) * 10)
+    np.savetxt(tmp_path / "ivim.bval", BVALS[None], fmt="%g")
+    np.savetxt(tmp_path / "ivim.bvec", np.tile([[1.0], [0.0], [0.0]], (1, BVALS.size)), fmt="%g")
+    concentration = mriflow.open_image(dce_path, modality="dce").chunk({"i": 4})
+    dwi = mriflow.open_image(ivim_path, modality="ivim").chunk({"i": 4})
+    tofts = mriflow.fit.dce(concentration, aif=aif)
+    ivim = mriflow.fit.ivim(dwi, method="full")
+    with dask.config.set(scheduler="threads"):
+        expected = (tofts.ktrans.values, ivim.d.values)
+    with get_client(
+        n_workers=2, threads_per_worker=1, memory_limit="1GiB", dashboard=False
+    ) as client:
+        assert client.scheduler_info()["address"].startswith("tcp://127.0.0.1")
+        got = (tofts.ktrans.compute().values, ivim.d.compute().values)
+        client.cluster.close()
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
