@@ -11,6 +11,7 @@ from mriflow.acquisition import Modality
 from mriflow.bids import load_asl_context, load_bids, load_bids_with_m0
 from mriflow.errors import (
     AcquisitionError,
+    AifError,
     BidsError,
     CorruptDataError,
     FitInputError,
@@ -22,6 +23,7 @@ from mriflow.errors import (
     MissingTimingError,
     MriflowError,
     MriflowWarning,
+    PerfusionInputError,
     SidecarError,
 )
 from mriflow.image import from_array
@@ -29,6 +31,8 @@ from mriflow.io import open_image, to_nifti
 
 __all__ = [
     "AcquisitionError",
+    "AifError",
+    "PerfusionInputError",
     "BidsError",
     "MetadataWarning",
     "MissingTimingError",

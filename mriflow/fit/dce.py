@@ -131,7 +131,7 @@ def aif_from_mask(image: xr.DataArray, mask: Any) -> xr.DataArray:
     curve = image.where(aligned).mean(dim=spatial_dims(image)).compute()
     if not np.all(np.isfinite(curve.values)):
         raise AifError(f"{label}: the AIF over the mask ({count} voxels) holds NaN values")
-    curve.attrs = {"aif": "mask", "kind": "blood", "voxels": count}
+    curve.attrs = {"aif": "mask", "voxels": count}
     return curve
 
 
