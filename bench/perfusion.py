@@ -22,7 +22,7 @@ import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import PROBE, machine, measure, table
+from _common import machine, table
 
 DATA = Path("/tmp/perfusion-data")
 SHAPE = (128, 128, 40)
@@ -112,8 +112,9 @@ result = float(np.nanmedian(values))
 
 OSIPY_IVIM = """
 from osipy.ivim import fit_ivim
+from osipy.ivim.fitting.estimators import FittingMethod
 data = np.asarray(nib.load("{path}").dataobj[:, :, :{slices}], dtype=np.float64)
-fitted = fit_ivim(data, np.loadtxt("{bval}"))
+fitted = fit_ivim(data, np.loadtxt("{bval}"), method=FittingMethod.FULL)
 values = np.asarray(fitted.d_map.values)
 np.save("{maps}", values)
 result = float(np.nanmedian(values))
@@ -123,8 +124,22 @@ result = float(np.nanmedian(values))
 OSIPY_PYTHON = Path("/tmp/venv-perfusion-osipy/bin/python")
 
 
-def measure_with(python: Path, body: str, setup: str) -> dict[str, float]:
-    """:func:`_common.measure` in another interpreter (osipy's environment)."""
+#: Like ``_common.PROBE``, but peak RSS is the process's own ``VmHWM``: ``ru_maxrss`` of a
+#: child process starts from its parent's peak (Linux keeps it across fork and exec).
+PROBE = """
+import json, time
+{setup}
+started = time.perf_counter()
+{body}
+elapsed = time.perf_counter() - started
+with open("/proc/self/status") as status:
+    peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) * 1024
+print("@@" + json.dumps({{"seconds": elapsed, "peak_rss": peak, "result": float(result)}}))
+"""
+
+
+def measure(body: str, setup: str = "", python: Path | str = sys.executable) -> dict[str, float]:
+    """Run ``setup`` (untimed) then ``body`` (timed; sets ``result``) in a new ``python``."""
     import json
     import subprocess
     import textwrap
@@ -225,10 +240,10 @@ def main() -> None:
         ref = measure(theirs.format(path=path, count=args.subsample, **extra), CURVE_FIT_SETUP)
         if OSIPY_PYTHON.exists():
             body = OSIPY_DCE if model.startswith("extended") else OSIPY_IVIM
-            theirs_osipy = measure_with(
-                OSIPY_PYTHON,
+            theirs_osipy = measure(
                 body.format(path=path, maps=maps["osipy"], slices=slices, **extra),
                 OSIPY_SETUP,
+                python=OSIPY_PYTHON,
             )
             ours_map, osipy_map = np.load(maps["ours"]), np.load(maps["osipy"])
             relative = np.abs(osipy_map - ours_map) / np.maximum(np.abs(ours_map), 1e-12)
@@ -274,7 +289,7 @@ def main() -> None:
         "mriflow fits every voxel (threaded dask, all cores); curve_fit (scipy, trf with the "
         f"same bounds, one voxel at a time) fits {args.subsample} random voxels and its rate "
         "is extrapolated to the phantom. Each side runs in its own process; peak RSS is that "
-        "process's. Extended Tofts: 60 time points; IVIM: 10 b-values.\n\n"
+        "process's (VmHWM). Extended Tofts: 60 time points; IVIM: 10 b-values.\n\n"
         + table(rows, columns)
         + "\n"
     )
