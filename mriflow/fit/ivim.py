@@ -134,7 +134,7 @@ def ivim(
     bvalues: Any = None,
     mask: Any = None,
     max_iterations: int = 100,
-    tolerance: float = 1e-8,
+    tolerance: float = 1e-6,
 ) -> xr.Dataset:
     """Fit IVIM in every voxel of a multi-b diffusion series (lazy).
 
