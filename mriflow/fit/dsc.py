@@ -31,7 +31,14 @@ from mriflow.fit._perfusion import (
     spatial_dims,
     time_axis,
 )
-from mriflow.fit.mapper import NUMBA_OPTIONS, image_label, map_voxels, output_attrs, split_params
+from mriflow.fit.mapper import (
+    NUMBA_OPTIONS,
+    align_mask,
+    image_label,
+    map_voxels,
+    output_attrs,
+    split_params,
+)
 
 __all__ = ["DSC_METHODS", "delta_r2star", "dsc", "dsc_kernel"]
 
@@ -214,9 +221,9 @@ def dsc(
     reference = np.zeros(n_times)
     if leakage_correction:
         if leakage_reference is None:
-            spatial = spatial_dims(image)
-            average = image.where(mask) if mask is not None else image
-            leakage_reference = average.mean(dim=spatial).compute().values
+            aligned = align_mask(mask, image.isel({dim: 0}, drop=True), label)
+            average = image.where(aligned) if aligned is not None else image
+            leakage_reference = average.mean(dim=spatial_dims(image)).compute().values
         reference = delta_r2star(check_aif(leakage_reference, times, label), selected, echo)
         if not np.all(np.isfinite(reference)):
             raise PerfusionInputError(f"{label}: the leakage reference curve is undefined")
