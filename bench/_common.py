@@ -16,7 +16,10 @@ import json, resource, time
 started = time.perf_counter()
 {body}
 elapsed = time.perf_counter() - started
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM is this process's own high-water mark; ru_maxrss would start from the parent's peak,
+# which Linux carries across fork and exec.
+peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
+            if line.startswith("VmHWM:"))
 print("@@" + json.dumps({{"seconds": elapsed, "peak_rss": peak, "result": float(result)}}))
 """
 

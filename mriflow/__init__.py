@@ -11,6 +11,7 @@ from mriflow.acquisition import Modality
 from mriflow.bids import load_asl_context, load_bids, load_bids_with_m0
 from mriflow.errors import (
     AcquisitionError,
+    AifError,
     BidsError,
     CorruptDataError,
     DicomGeometryWarning,
@@ -25,6 +26,7 @@ from mriflow.errors import (
     MissingTimingError,
     MriflowError,
     MriflowWarning,
+    PerfusionInputError,
     SidecarError,
     StoreFormatError,
     StoreMetadataError,
@@ -36,6 +38,8 @@ from mriflow.io.dicom import DicomSeries, discover_dicom, load_dicom_series
 
 __all__ = [
     "AcquisitionError",
+    "AifError",
+    "PerfusionInputError",
     "BidsError",
     "MetadataWarning",
     "MissingTimingError",

@@ -32,6 +32,8 @@ __all__ = [
     "TrackingInputError",
     "TrackingWarning",
     "TractogramFormatError",
+    "PerfusionInputError",
+    "AifError",
 ]
 
 
@@ -133,3 +135,11 @@ class TractogramFormatError(MriflowError, ValueError):
 
 class TrackingWarning(MriflowWarning):
     """Tracking went ahead but dropped or adjusted something the caller should know of."""
+
+
+class PerfusionInputError(FitInputError):
+    """Input to a perfusion or IVIM fit is unusable (M0, b-values, volume pairing, ...)."""
+
+
+class AifError(PerfusionInputError):
+    """An arterial input function is unusable: wrong time axis, empty mask, NaN values."""
