@@ -38,6 +38,11 @@ class DataConfig(_Section):
     subject: str | None = None
     session: str | None = None
     mask: str | None = Field(None, description="path to a mask image (NIfTI/zarr)")
+    vfa: str | None = Field(
+        None, description="DCE: variable-flip-angle image, one volume per angle"
+    )
+    t1_map: str | None = Field(None, description="DCE: pre-contrast T1 map (s) instead of vfa")
+    t10: float | None = Field(None, gt=0, description="DCE: one pre-contrast T1 (s) for all voxels")
 
 
 class AcquisitionConfig(_Section):
@@ -59,6 +64,7 @@ class PerfusionConfig(_Section):
     hematocrit: float = Field(0.42, gt=0, lt=1)
     relaxivity: float = Field(4.5, gt=0, description="contrast agent r1 (/mM/s)")
     baseline_frames: int = Field(5, ge=1)
+    aif_delay: float = Field(0.0, ge=0, description="bolus arrival after the first frame (s)")
 
     @model_validator(mode="after")
     def _mask_for_mask_aif(self) -> PerfusionConfig:

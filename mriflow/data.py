@@ -172,3 +172,89 @@ def write_dwi_phantom(
     paths["mask"] = out / "sub-01_mask.nii.gz"
     nib.save(nib.Nifti1Image((labels > 0).astype(np.uint8), affine), paths["mask"])
     return paths
+
+
+def write_dce_phantom(
+    out_dir: str | Path,
+    *,
+    shape: tuple[int, int, int] = (16, 16, 6),
+    n_times: int = 40,
+    temporal_resolution: float = 4.0,
+    flip_angles: tuple[float, ...] = (2.0, 5.0, 10.0, 15.0),
+    dce_flip_angle: float = 15.0,
+    repetition_time: float = 0.005,
+    snr: float = 50.0,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Write a BIDS-like DCE phantom: ``sub-01_vfa.nii.gz`` (one volume per flip angle),
+    ``sub-01_dce.nii.gz`` (SPGR signal of extended-Tofts tissue with a Parker AIF), their
+    JSON sidecars, ``sub-01_mask.nii.gz`` and the true maps (``truth_ktrans``, ``truth_ve``,
+    ``truth_vp``, ``truth_t10``). Ktrans rises along ``i``, ve along ``j``."""
+    import nibabel as nib
+
+    from mriflow.fit.dce import population_aif
+    from mriflow.fit.perfusion_phantoms import spgr_signal, tofts_concentration
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    affine = np.diag([2.0, 2.0, 4.0, 1.0])
+    n_voxels = int(np.prod(shape))
+    i, j, _ = np.meshgrid(*[np.linspace(0, 1, n) for n in shape], indexing="ij")
+    truth = {
+        "ktrans": (0.05 + 0.25 * i).ravel(),
+        "ve": (0.1 + 0.4 * j).ravel(),
+        "vp": np.full(n_voxels, 0.03),
+        "t10": np.full(n_voxels, 1.4),
+    }
+    times = np.arange(n_times) * temporal_resolution
+    plasma = np.asarray(population_aif("parker", times=times, delay=20.0).values) / (1 - 0.45)
+    concentration = tofts_concentration(times, plasma, truth["ktrans"], truth["ve"], truth["vp"])
+    m0 = 1000.0
+    baseline = spgr_signal(np.zeros((1, 1)), truth["t10"][:1], m0, dce_flip_angle, repetition_time)
+    noise = float(baseline[0, 0]) / snr  # SNR of the pre-contrast DCE signal
+    paths: dict[str, Path] = {}
+
+    def save(
+        name: str, data: np.ndarray, sidecar: dict | None = None, intent: str | None = None
+    ) -> None:
+        image = nib.Nifti1Image(data.astype(np.float32), affine)
+        image.header.set_xyzt_units("mm", "sec")
+        if data.ndim == 4 and name == "dce":
+            image.header.set_zooms((2.0, 2.0, 4.0, temporal_resolution))
+        if intent:
+            image.header.set_intent(intent)
+        paths[name] = out / f"sub-01_{name}.nii.gz"
+        nib.save(image, paths[name])
+        if sidecar:
+            paths[f"{name}.json"] = out / f"sub-01_{name}.json"
+            paths[f"{name}.json"].write_text(json.dumps(sidecar, indent=2))
+
+    vfa = np.stack(
+        [
+            spgr_signal(np.zeros((n_voxels, 1)), truth["t10"], m0, a, repetition_time)[:, 0]
+            for a in flip_angles
+        ],
+        axis=-1,
+    )
+    vfa = vfa + rng.normal(0, noise, vfa.shape)
+    save(
+        "vfa",
+        vfa.reshape(*shape, len(flip_angles)),
+        {"FlipAngle": list(flip_angles), "RepetitionTimeExcitation": repetition_time},
+    )
+    signal = spgr_signal(concentration, truth["t10"], m0, dce_flip_angle, repetition_time)
+    signal = signal + rng.normal(0, noise, signal.shape)
+    save(
+        "dce",
+        signal.reshape(*shape, n_times),
+        {
+            "FlipAngle": dce_flip_angle,
+            "RepetitionTimeExcitation": repetition_time,
+            "RepetitionTime": temporal_resolution,
+        },
+    )
+    save("mask", np.ones(shape), intent="label")
+    for name, values in truth.items():
+        save(f"truth_{name}", values.reshape(shape))
+    return paths

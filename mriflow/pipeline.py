@@ -21,6 +21,7 @@ Say = Callable[[str], None]
 
 
 def _open_input(config: PipelineConfig, source: str | Path) -> xr.DataArray:
+    """The input image of ``config``'s modality, with its acquisition parameters resolved."""
     from mriflow.io import open_image
 
     fmt = config.data.format
@@ -186,6 +187,50 @@ def _tracking(
     return [path]
 
 
+def _dce(
+    config: PipelineConfig, series: xr.DataArray, mask: Any, out_dir: Path, resume: bool, say: Say
+) -> dict[str, list[Path]]:
+    """SPGR signal -> pre-contrast T1 (VFA) -> concentration -> AIF -> kinetic model."""
+    from mriflow import fit
+    from mriflow.config import PerfusionConfig
+    from mriflow.io import open_image
+
+    settings = config.pipeline or PerfusionConfig()
+    acq = config.acquisition
+    tr = acq.tr / 1000 if acq.tr is not None else None
+    outputs: dict[str, list[Path]] = {}
+    data = config.data
+    if data.t1_map:
+        t1: Any = open_image(data.t1_map)
+    elif data.vfa:
+        vfa = open_image(data.vfa, modality="dce")
+        relaxometry = fit.t1_vfa(vfa, flip_angles=acq.flip_angles, tr=tr, mask=mask)
+        outputs["t1"] = _write(config, relaxometry, out_dir, "t1", resume, say)
+        t1 = relaxometry["t1"]
+    elif data.t10 is not None:
+        t1 = data.t10
+    else:
+        raise ConfigError(
+            "data: DCE needs the pre-contrast T1: data.vfa (a variable-flip-angle image), "
+            "data.t1_map, or data.t10 (one value in seconds)"
+        )
+    concentration = fit.dce_concentration(
+        series, t1, relaxivity=settings.relaxivity, baseline=settings.baseline_frames, tr=tr
+    )
+    if settings.aif_source == "mask":
+        arterial = open_image(settings.aif_mask, kind="label") > 0
+        aif = fit.aif_from_mask(concentration, arterial)
+    else:
+        aif = fit.population_aif(
+            settings.population_aif, times=series["t"], delay=settings.aif_delay
+        )
+    kinetic = fit.dce(
+        concentration, aif, model=settings.model, mask=mask, hematocrit=settings.hematocrit
+    )
+    outputs[settings.model] = _write(config, kinetic, out_dir, settings.model, resume, say)
+    return outputs
+
+
 def run_pipeline(
     config: PipelineConfig,
     source: str | Path,
@@ -204,7 +249,7 @@ def run_pipeline(
     out.mkdir(parents=True, exist_ok=True)
     image = _open_input(config, source)
     mask = open_image(config.data.mask, kind="label") > 0 if config.data.mask else None
-    runners = {"dwi": _diffusion}
+    runners = {"dwi": _diffusion, "dce": _dce}
     if config.modality not in runners:
         raise ConfigError(
             f"modality: {config.modality!r} pipelines are not available in this version; "
