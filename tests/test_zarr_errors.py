@@ -213,3 +213,27 @@ def test_inflate_handles_multi_member_gzip_and_reports_damage(tmp_path: Path) ->
     truncated.write_bytes(gzip.compress(second)[:-100])
     with pytest.raises(mriflow.CorruptDataError, match=r"truncated\.gz: gzip stream ends early"):
         inflate(truncated, tmp_path / "out3")
+
+
+def test_object_arrays_are_refused_before_any_chunk_is_read(tmp_path):
+    """A store whose image array holds Python objects would be decoded with a codec such as
+    pickle; opening it must fail without reading (and so without unpickling) a chunk."""
+    import json
+
+    import mriflow
+    from mriflow.errors import StoreFormatError
+
+    image = mriflow.from_array(np.zeros((3, 3, 3), np.float32), np.eye(4))
+    store = tmp_path / "object.zarr"
+    mriflow.to_zarr(image, store)
+    meta_path = store / "0" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["data_type"] = "string"  # what an object/text array declares in zarr v3
+    meta["fill_value"] = ""
+    meta["codecs"] = [{"name": "vlen-utf8"}]
+    meta_path.write_text(json.dumps(meta))
+    for chunk in (store / "0").rglob("c/*"):
+        if chunk.is_file():
+            chunk.write_bytes(b"\x80\x04K\x01.")  # a pickle; never to be loaded
+    with pytest.raises(StoreFormatError, match=r"object\.zarr.*not numbers"):
+        mriflow.open_zarr(store).values

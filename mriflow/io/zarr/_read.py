@@ -97,11 +97,23 @@ def _level_array(name: str, node: Any, multiscale: dict[str, Any], level: int) -
         )
     path = datasets[level]["path"]
     try:
-        return node[path]
+        array = node[path]
     except KeyError:
         raise StoreMetadataError(
             f"{name}: multiscales lists array {path!r} but the store has no such array"
         ) from None
+    _refuse_objects(name, path, array)
+    return array
+
+
+def _refuse_objects(name: str, path: str, array: Any) -> None:
+    """Images are numbers: an object array would be decoded by unpickling (or similar) data
+    read from the store, which can run code. Refuse it before any chunk is read."""
+    if np.dtype(array.dtype).kind not in "biufc":  # object, void, bytes, text
+        raise StoreFormatError(
+            f"{name}: array {path!r} holds {array.dtype} values, not numbers; mriflow does "
+            "not decode object arrays (their codecs can run code)"
+        )
 
 
 def _lazy(array: Any, order: tuple[int, ...], chunks: tuple[int, ...] | None) -> Any:
