@@ -11,12 +11,17 @@ from mriflow.errors import (
     GeometryError,
     ImageFormatError,
     ImageHeaderError,
+    IncompleteStoreError,
+    MissingAffineWarning,
     MissingFileError,
     MriflowError,
     SidecarError,
+    StoreFormatError,
+    StoreMetadataError,
+    StoreWriteError,
 )
 from mriflow.image import from_array
-from mriflow.io import open_image, to_nifti
+from mriflow.io import convert, open_image, open_zarr, to_nifti, to_zarr
 
 __all__ = [
     "CorruptDataError",
@@ -30,6 +35,14 @@ __all__ = [
     "from_array",
     "open_image",
     "to_nifti",
+    "IncompleteStoreError",
+    "MissingAffineWarning",
+    "StoreFormatError",
+    "StoreMetadataError",
+    "StoreWriteError",
+    "convert",
+    "open_zarr",
+    "to_zarr",
 ]
 
 

@@ -159,6 +159,53 @@ def demo(
     _say(f"done in {time.perf_counter() - started:.1f} s")
 
 
+@app.command()
+@_reports_errors
+def convert(
+    source: Annotated[str, typer.Argument(help="A NIfTI file or a zarr store (path or URL).")],
+    destination: Annotated[
+        str, typer.Argument(help="Where to write: a .zarr store, or a .nii/.nii.gz file.")
+    ],
+    chunks: Annotated[
+        str | None,
+        typer.Option(help="Spatial chunk sizes i,j,k (e.g. 64,64,64); other axes stay whole."),
+    ] = None,
+    compressor: Annotated[
+        str, typer.Option(help="zstd (blosc-zstd), lz4 (blosc-lz4), zlib or none.")
+    ] = "zstd",
+    levels: Annotated[
+        int, typer.Option(help="Resolution levels, 1 = no pyramid (labels pooled by mode).")
+    ] = 1,
+    zarr_format: Annotated[int, typer.Option(help="zarr format version, 3 or 2.")] = 3,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted conversion.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing store.")
+    ] = False,
+) -> None:
+    """Convert NIfTI to a NIfTI-Zarr store (streaming, resumable) or a store back to NIfTI."""
+    from mriflow.io.zarr import convert as convert_image
+
+    started = time.perf_counter()
+    try:
+        written = convert_image(
+            source,
+            destination,
+            chunks=chunks,
+            compressor=compressor,
+            levels=levels,
+            zarr_format=zarr_format,
+            resume=resume,
+            overwrite=overwrite,
+        )
+    except ValueError as exc:
+        if isinstance(exc, MriflowError):
+            raise
+        raise typer.BadParameter(str(exc)) from None
+    _say(f"wrote {written} in {time.perf_counter() - started:.1f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     try:

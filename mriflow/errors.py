@@ -19,6 +19,11 @@ __all__ = [
     "TrackingInputError",
     "TrackingWarning",
     "TractogramFormatError",
+    "StoreFormatError",
+    "IncompleteStoreError",
+    "StoreMetadataError",
+    "StoreWriteError",
+    "MissingAffineWarning",
 ]
 
 
@@ -60,3 +65,27 @@ class TractogramFormatError(MriflowError, ValueError):
 
 class TrackingWarning(UserWarning):
     """Tracking went ahead but dropped or adjusted something the caller should know of."""
+
+
+class StoreFormatError(MriflowError, ValueError):
+    """The path is not a zarr store, or not one that holds an image mriflow can read."""
+
+
+class IncompleteStoreError(MriflowError, RuntimeError):
+    """A store whose writing was interrupted: some regions were never written.
+
+    Continue it with ``resume=True`` (``mriflow convert --resume``) or start over with
+    ``overwrite=True``.
+    """
+
+
+class StoreMetadataError(MriflowError, ValueError):
+    """A store's metadata contradicts itself or its arrays (shape, chunks, dims, dtype)."""
+
+
+class StoreWriteError(MriflowError, OSError):
+    """A store cannot be written: read-only location, disk full, or it already exists."""
+
+
+class MissingAffineWarning(UserWarning):
+    """A store written by another tool has no affine; the NGFF scale/translation is used."""

@@ -205,3 +205,9 @@ class MriAccessor:
         from mriflow.io.nifti import to_nifti
 
         return to_nifti(self._obj, path, **kwargs)
+
+    def to_zarr(self, store: Any, **kwargs: Any) -> str:
+        """Write this view to a NIfTI-Zarr store chunk by chunk; see :func:`mriflow.to_zarr`."""
+        from mriflow.io.zarr import to_zarr
+
+        return to_zarr(self._obj, store, **kwargs)

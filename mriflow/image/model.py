@@ -65,8 +65,9 @@ def make_image(
     all_attrs.update(attrs or {})
     variable = data if isinstance(data, xr.Variable) else xr.Variable(dims, data)
     variable.attrs.update(all_attrs)
-    variable.encoding.update(encoding or {})
-    return xr.DataArray(variable, coords=all_coords, name=name)
+    image = xr.DataArray(variable, coords=all_coords, name=name)
+    image.encoding.update({**variable.encoding, **(encoding or {})})
+    return image
 
 
 def from_array(

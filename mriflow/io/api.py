@@ -27,7 +27,8 @@ def open_image(
     """Open an image lazily as a dask-backed ``xarray.DataArray``.
 
     ``source`` is a path to a NIfTI-1/2 (``.nii``, ``.nii.gz``), NIfTI pair or Analyze file,
-    or a numpy/dask array together with ``affine`` (see :func:`mriflow.from_array`).
+    a NIfTI-Zarr store (``*.zarr`` or an fsspec URL, see :func:`mriflow.open_zarr`), or a
+    numpy/dask array together with ``affine`` (see :func:`mriflow.from_array`).
 
     Only headers are read here. ``chunks="auto"`` keeps every non-spatial axis (``volume``,
     ``t``) whole in each chunk and splits space into slabs that are contiguous on disk, sized
@@ -42,6 +43,13 @@ def open_image(
         return from_array(
             source, affine, dims, kind=kind or "scalar", chunks=None if chunks == "auto" else chunks
         )
+    from mriflow.io.zarr import is_zarr_location, open_zarr
+
+    if is_zarr_location(source):
+        image = open_zarr(source, chunks=None if chunks == "auto" else chunks)
+        if not isinstance(image, xr.DataArray):
+            raise ImageFormatError(f"{source}: holds a Dataset of maps; use mriflow.open_zarr")
+        return image
     path = Path(source).expanduser()
     if nifti_suffix(path) is None:
         if not path.exists():
