@@ -24,6 +24,7 @@ __all__ = [
     "StoreMetadataError",
     "StoreWriteError",
     "MissingAffineWarning",
+    "TractogramStoreError",
 ]
 
 
@@ -89,3 +90,7 @@ class StoreWriteError(MriflowError, OSError):
 
 class MissingAffineWarning(UserWarning):
     """A store written by another tool has no affine; the NGFF scale/translation is used."""
+
+
+class TractogramStoreError(MriflowError, ValueError):
+    """A streamline store cannot be continued: it was started with other inputs."""

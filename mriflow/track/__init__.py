@@ -14,6 +14,7 @@ from mriflow.track.directions import (
     direction_getter,
     register_direction_getter,
 )
+from mriflow.track.distributed import track_to_zarr
 from mriflow.track.kernels import STOP_REASONS
 from mriflow.track.seeds import random_seeds, seeds_from_mask
 from mriflow.track.sphere import sphere
@@ -23,6 +24,7 @@ from mriflow.track.stopping import (
     StoppingCriterion,
     ThresholdStopping,
 )
+from mriflow.track.store import StreamlineStore, open_tractogram
 from mriflow.track.tractogram import Tractogram, load
 
 __all__ = [
@@ -32,11 +34,13 @@ __all__ = [
     "BinaryStopping",
     "FieldArrays",
     "StoppingCriterion",
+    "StreamlineStore",
     "ThresholdStopping",
     "Tractogram",
     "TrackingParams",
     "direction_getter",
     "load",
+    "open_tractogram",
     "random_seeds",
     "register_direction_getter",
     "seed_directions",
@@ -44,4 +48,5 @@ __all__ = [
     "sphere",
     "track",
     "track_batch",
+    "track_to_zarr",
 ]

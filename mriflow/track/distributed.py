@@ -1,0 +1,365 @@
+"""``track_to_zarr``: tracking on a dask.distributed cluster into a resumable zarr store.
+
+How the work is laid out:
+
+- seeds are cut into many contiguous batches balanced by estimated cost (a seed where the
+  stopping map already says stop costs almost nothing), at least ``batch_size`` seeds'
+  worth of work each; the layout depends on the seeds and ``batch_size`` only, never on the
+  cluster, so a resume on a different cluster finds the same batches;
+- the field arrays are scattered once with ``broadcast=True``: every worker holds one copy
+  and tasks name it by key (a replacement worker fetches it from a peer);
+- each batch is one task: :func:`mriflow.track.track_batch` on one thread, then the worker
+  writes the result to the batch's own group of the store and its completion marker; only
+  two counts come back to the client, which keeps a bounded window of tasks in flight;
+- a final consolidation writes the TRX-shaped arrays (:mod:`mriflow.track.store`).
+
+Results do not depend on the partitioning: every streamline's random stream is keyed by
+``(rng, seed id)``, so 1 or 8 workers, batch size 1,000 or 10,000, a retried batch after a
+worker died, or a resumed run all give the same bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import os
+import warnings
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from mriflow.errors import StoreWriteError, TrackingInputError, TractogramStoreError
+from mriflow.io.zarr._store import resolve_store
+from mriflow.track.api import (
+    FieldArrays,
+    TrackingParams,
+    _check_grids,
+    _check_numbers,
+    _field_arrays,
+    _pick_field,
+    _seed_voxels,
+    track_batch,
+)
+from mriflow.track.directions import FIELD_KINDS
+from mriflow.track.stopping import StoppingCriterion
+from mriflow.track.store import (
+    StreamlineStore,
+    consolidate,
+    create_store,
+    done_batches,
+    drop_batches,
+    open_tractogram,
+    read_header,
+    remove_orphans,
+    write_batch,
+)
+
+__all__ = ["batch_bounds", "seed_costs", "track_to_zarr"]
+
+#: Relative cost of a seed where the stopping map already stops tracking.
+IDLE_SEED_COST = 0.02
+
+
+def seed_costs(stop_map: np.ndarray, check: str, params: tuple[float, ...], voxels: np.ndarray):
+    """Estimated work per seed: 1 where tracking can start (nearest voxel of the stopping
+    map passes the check), :data:`IDLE_SEED_COST` where it stops at once."""
+    shape = np.asarray(stop_map.shape)
+    nearest = np.clip(np.floor(voxels + 0.5).astype(np.int64), 0, shape - 1)
+    values = stop_map[nearest[:, 0], nearest[:, 1], nearest[:, 2]]
+    limit = params[0] if check == "threshold" and params else 0.0
+    return np.where(values > limit, 1.0, IDLE_SEED_COST)
+
+
+def batch_bounds(costs: np.ndarray, batch_size: int) -> np.ndarray:
+    """Seed indices ``(n_batches + 1,)`` cutting seeds into contiguous batches of about
+    ``batch_size`` seeds' worth of cost each (and at most ``20 * batch_size`` seeds)."""
+    n_seeds = len(costs)
+    cumulative = np.cumsum(costs)
+    total = float(cumulative[-1]) if n_seeds else 0.0
+    n_batches = max(math.ceil(total / batch_size - 1e-9), 1)
+    targets = np.arange(1, n_batches) * (total / n_batches)
+    cuts = np.searchsorted(cumulative, targets, side="left") + 1
+    bounds = np.unique(np.concatenate([[0], cuts, [n_seeds]])).astype(np.int64)
+    # Cap the seeds per batch so batches of idle seeds stay small too.
+    widest = 20 * batch_size
+    split = [bounds[:1]]
+    for start, stop in itertools.pairwise(bounds):
+        pieces = max(math.ceil((stop - start) / widest), 1)
+        split.append(np.linspace(start, stop, pieces + 1).round().astype(np.int64)[1:])
+    return np.unique(np.concatenate(split))
+
+
+def _fingerprint(fields: FieldArrays, voxels: np.ndarray, ids: np.ndarray, params: dict) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (fields.field, fields.basis, fields.vertices, fields.stop_map, voxels, ids):
+        digest.update(str(array.shape).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    digest.update(json.dumps(params, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _run_batch(
+    fields: FieldArrays,
+    location: str,
+    storage_options: dict[str, Any] | None,
+    index: int,
+    seeds_voxel: np.ndarray,
+    seed_ids: np.ndarray,
+    params: TrackingParams,
+) -> tuple[int, int, int]:
+    """One task: track a batch and write it (group, then marker). Returns
+    ``(index, n_streamlines, n_points)``."""
+    result = track_batch(fields, seeds_voxel, seed_ids, params)
+    target = resolve_store(location, storage_options=storage_options)
+    n_points = write_batch(target, index, result)
+    return index, len(result["seed_ids"]), n_points
+
+
+class _Progress:
+    """A rich progress bar over batches, or nothing."""
+
+    def __init__(self, enabled: bool, total: int, done: int) -> None:
+        self.bar: Any = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+            self.bar = Progress(
+                "tracking", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("batches", total=total, completed=done)
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _default_client() -> Any:
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def _run_local(
+    submit_args: list[tuple[Any, ...]], fields: FieldArrays, on_done: Callable[[], None]
+) -> None:
+    """Batches in this process on one thread per CPU (no cluster)."""
+    threads = os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending: set[Future[Any]] = set()
+        for args in submit_args:
+            pending.add(pool.submit(_run_batch, fields, *args))
+            if len(pending) >= 2 * threads:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    future.result()
+                    on_done()
+        for future in pending:
+            future.result()
+            on_done()
+
+
+def _run_cluster(
+    client: Any,
+    submit_args: list[tuple[Any, ...]],
+    fields: FieldArrays,
+    token: str,
+    on_done: Callable[[], None],
+) -> None:
+    """Batches as tasks on ``client``'s cluster, fields broadcast once, a bounded window
+    of tasks in flight so the client never holds more than that many."""
+    from distributed import as_completed
+
+    fields_future = client.scatter(fields, broadcast=True, hash=False)
+    window = max(4 * sum(client.nthreads().values()), 8)
+    queue = iter(submit_args)
+
+    def submit(args: tuple[Any, ...]) -> Any:
+        return client.submit(
+            _run_batch,
+            fields_future,
+            *args,
+            key=f"mriflow-track-{token}-{args[2]}",
+            pure=False,
+            retries=2,
+        )
+
+    running = as_completed([submit(args) for _, args in zip(range(window), queue, strict=False)])
+    try:
+        for future in running:
+            future.result()
+            future.release()
+            on_done()
+            following = next(queue, None)
+            if following is not None:
+                running.add(submit(following))
+    finally:
+        client.cancel(fields_future)
+
+
+def track_to_zarr(
+    fields: xr.Dataset | xr.DataArray,
+    stopping: StoppingCriterion,
+    seeds: Any,
+    store: str | os.PathLike[str] | Any,
+    *,
+    method: str = "deterministic",
+    direction_getter: str | None = None,
+    step_size: float = 0.5,
+    max_angle: float = 30.0,
+    pmf_threshold: float = 0.1,
+    min_length: float = 10.0,
+    max_length: float = 250.0,
+    sphere: str | int = "repulsion724",
+    rng: int = 0,
+    batch_size: int = 5_000,
+    client: Any = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    storage_options: dict[str, Any] | None = None,
+) -> StreamlineStore:
+    """Track ``seeds`` like :func:`mriflow.track.track`, batch by batch on a dask cluster,
+    into the zarr streamline store ``store``; returns it opened lazily.
+
+    ``client``: a ``distributed.Client`` (see :func:`mriflow.cluster.get_client`); None uses
+    the current default client if there is one, else threads in this process. Workers must
+    reach ``store`` (a shared filesystem path or an fsspec URL with ``storage_options``).
+    ``batch_size``: seeds per task (cost-balanced). ``resume=True`` continues an interrupted
+    store written with the same inputs, skipping batches marked complete; ``overwrite=True``
+    replaces an existing store. ``rng`` keys the per-seed random streams: the same inputs
+    and ``rng`` give the same store, byte for byte, whatever the cluster or batching.
+    """
+    field, getter_name = _pick_field(fields, method, direction_getter)
+    if not isinstance(stopping, StoppingCriterion):
+        raise TrackingInputError(
+            "stopping: use mriflow.track.ThresholdStopping(...) or BinaryStopping(...), got "
+            f"{type(stopping).__name__}"
+        )
+    if int(batch_size) < 1:
+        raise TrackingInputError(f"batch_size: must be a positive integer, got {batch_size}")
+    if rng is None or int(rng) < 0:
+        raise TrackingInputError(
+            f"rng: track_to_zarr needs a fixed non-negative integer key (resumes and retries "
+            f"must draw the same streams), got {rng}"
+        )
+    stop_map = _check_grids(field, stopping)
+    affine = field.mri.affine
+    voxel_size = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    _check_numbers(step_size, voxel_size, max_angle, pmf_threshold, min_length, max_length)
+    arrays = _field_arrays(field, stop_map, FIELD_KINDS[getter_name], sphere)
+    voxels, ids = _seed_voxels(seeds, affine, stop_map.shape, None)
+    params = TrackingParams(
+        direction_getter=getter_name,
+        stopping_check=stopping.check,
+        stopping_params=tuple(float(p) for p in stopping.params),
+        step_size=float(step_size),
+        voxel_size=tuple(float(v) for v in voxel_size),  # type: ignore[arg-type]
+        affine=tuple(tuple(float(v) for v in row) for row in affine),
+        max_angle=float(max_angle),
+        pmf_threshold=float(pmf_threshold),
+        min_length=float(min_length),
+        max_length=float(max_length),
+        rng=int(rng),
+        n_threads=1,
+        batch_size=256,
+    )
+    described = {
+        "method": method,
+        "sphere": str(sphere),
+        "n_seeds": len(ids),
+        "batch_size": int(batch_size),
+        **{
+            key: (list(value) if isinstance(value, tuple) else value)
+            for key, value in dataclasses.asdict(params).items()
+            if key not in ("n_threads", "batch_size", "affine")
+        },
+    }
+    described["stopping_params"] = list(params.stopping_params)
+    fingerprint = _fingerprint(arrays, voxels, ids, described)
+
+    location = resolve_store(store, storage_options=storage_options)
+    header = read_header(location)
+    exists = location.fs.exists(location.root) and bool(location.fs.ls(location.root))
+    if header is not None and resume:
+        if header.get("fingerprint") != fingerprint:
+            raise TractogramStoreError(
+                f"{location.name}: the store was started with other inputs or parameters "
+                "(fingerprint differs); resume with exactly the same fields, seeds and "
+                "options, or start over with overwrite=True"
+            )
+    elif exists and not overwrite:
+        raise StoreWriteError(
+            f"{location.name}: already exists; pass resume=True to continue it or "
+            "overwrite=True to replace it"
+        )
+    if header is None or not resume:
+        costs = seed_costs(stop_map, params.stopping_check, params.stopping_params, voxels)
+        bounds = batch_bounds(costs, int(batch_size))
+        if exists:
+            location.fs.rm(location.root, recursive=True)
+        create_store(
+            location,
+            affine=affine,
+            dimensions=tuple(int(n) for n in stop_map.shape),  # type: ignore[arg-type]
+            parameters=described,
+            fingerprint=fingerprint,
+            batch_bounds=bounds,
+        )
+        header = read_header(location)
+    assert header is not None
+    if header["status"] == "complete":
+        drop_batches(location)  # a crash may have come between marking and cleaning
+        return open_tractogram(store, storage_options=storage_options)
+
+    remove_orphans(location)
+    import zarr
+
+    bounds = np.asarray(zarr.open_array(location.store, path="batch_bounds", mode="r")[:])
+    done = done_batches(location)
+    # Workers resolve the store themselves: an absolute path (their working directory may
+    # differ) or the URL.
+    where = location.root if location.local else store
+    if not isinstance(where, str):
+        raise TrackingInputError(
+            f"store: workers open the store by name; pass a path or fsspec URL, not a "
+            f"{type(store).__name__}"
+        )
+    todo = [
+        (
+            where,
+            storage_options,
+            index,
+            voxels[bounds[index] : bounds[index + 1]],
+            ids[bounds[index] : bounds[index + 1]],
+            params,
+        )
+        for index in range(len(bounds) - 1)
+        if index not in done
+    ]
+    bar = _Progress(progress, len(bounds) - 1, len(done))
+    try:
+        client = client if client is not None else _default_client()
+        if client is None:
+            _run_local(todo, arrays, bar.advance)
+        else:
+            _run_cluster(client, todo, arrays, fingerprint[:12], bar.advance)
+    finally:
+        bar.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)  # dask's large-graph notice
+        consolidate(location, client=client)
+    return open_tractogram(store, storage_options=storage_options)
