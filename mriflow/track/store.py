@@ -240,7 +240,7 @@ def consolidate(location: StoreLocation, *, client: Any = None) -> dict[str, int
     root.require_group("dpv")
     stored = da.store(sources, targets, lock=False, compute=False)
     if client is not None:
-        client.compute(stored).result()
+        client.gather(client.compute(stored))
     else:
         dask.compute(stored, scheduler="threads")
     header.update(NB_STREAMLINES=n_streamlines, NB_VERTICES=n_points, status="complete")
