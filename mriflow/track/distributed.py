@@ -26,7 +26,6 @@ import itertools
 import json
 import math
 import os
-import warnings
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
@@ -66,14 +65,21 @@ __all__ = ["batch_bounds", "seed_costs", "track_to_zarr"]
 IDLE_SEED_COST = 0.02
 
 
-def seed_costs(stop_map: np.ndarray, check: str, params: tuple[float, ...], voxels: np.ndarray):
+def seed_costs(
+    stop_map: np.ndarray, check: str, params: tuple[float, ...], voxels: np.ndarray
+) -> np.ndarray:
     """Estimated work per seed: 1 where tracking can start (nearest voxel of the stopping
     map passes the check), :data:`IDLE_SEED_COST` where it stops at once."""
     shape = np.asarray(stop_map.shape)
-    nearest = np.clip(np.floor(voxels + 0.5).astype(np.int64), 0, shape - 1)
-    values = stop_map[nearest[:, 0], nearest[:, 1], nearest[:, 2]]
     limit = params[0] if check == "threshold" and params else 0.0
-    return np.where(values > limit, 1.0, IDLE_SEED_COST)
+    costs = np.empty(len(voxels), np.float64)
+    block = 1 << 16  # a block at a time: no seed-sized temporaries
+    for start in range(0, len(voxels), block):
+        nearest = np.clip(np.floor(voxels[start : start + block] + 0.5), 0, shape - 1)
+        index = nearest.astype(np.int64)
+        values = stop_map[index[:, 0], index[:, 1], index[:, 2]]
+        costs[start : start + block] = np.where(values > limit, 1.0, IDLE_SEED_COST)
+    return costs
 
 
 def batch_bounds(costs: np.ndarray, batch_size: int) -> np.ndarray:
@@ -99,7 +105,7 @@ def _fingerprint(fields: FieldArrays, voxels: np.ndarray, ids: np.ndarray, param
     digest = hashlib.blake2b(digest_size=16)
     for array in (fields.field, fields.basis, fields.vertices, fields.stop_map, voxels, ids):
         digest.update(str(array.shape).encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
+        digest.update(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
     digest.update(json.dumps(params, sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -359,7 +365,5 @@ def track_to_zarr(
             _run_cluster(client, todo, arrays, fingerprint[:12], bar.advance)
     finally:
         bar.close()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=UserWarning)  # dask's large-graph notice
-        consolidate(location, client=client)
+    consolidate(location, where=where, storage_options=storage_options, client=client)
     return open_tractogram(store, storage_options=storage_options)

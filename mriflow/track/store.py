@@ -63,9 +63,9 @@ __all__ = [
 
 #: Root attribute holding the header.
 HEADER_KEY = "mriflow_tractogram"
-#: Points per chunk of the consolidated ``positions`` (12 MiB), streamlines per chunk of
+#: Points per chunk of the consolidated ``positions`` (3 MiB), streamlines per chunk of
 #: the per-streamline arrays.
-POINT_CHUNK = 1 << 20
+POINT_CHUNK = 1 << 18
 STREAMLINE_CHUNK = 1 << 18
 _BATCHES = "batches"
 _PER_STREAMLINE = {
@@ -179,12 +179,56 @@ def remove_orphans(location: StoreLocation) -> list[str]:
     return location.remove_partials("")
 
 
-def consolidate(location: StoreLocation, *, client: Any = None) -> dict[str, int]:
+def _copy_chunk(
+    where: str,
+    storage_options: dict[str, Any] | None,
+    name: str,
+    start: int,
+    stop: int,
+    row_starts: np.ndarray,
+    point_starts: np.ndarray,
+) -> None:
+    """Fill rows ``[start, stop)`` (one whole chunk) of final array ``name`` from the batch
+    groups that overlap them: an aligned write, so chunks never race."""
+    import zarr
+
+    location = resolve_store(where, storage_options=storage_options)
+    target = zarr.open_array(location.store, path=name, mode="r+")
+    source = "offsets" if name == "offsets" else name.removeprefix("dps/")
+    first = int(np.searchsorted(row_starts, start, side="right")) - 1
+    pieces = []
+    batch = first
+    while batch < len(row_starts) - 1 and row_starts[batch] < stop:
+        low = max(start, int(row_starts[batch])) - int(row_starts[batch])
+        high = min(stop, int(row_starts[batch + 1])) - int(row_starts[batch])
+        if high > low:
+            array = zarr.open_array(location.store, path=f"{batch_group(batch)}/{source}", mode="r")
+            values = np.asarray(array[low:high])
+            if name == "offsets":
+                values = values.astype(np.uint64) + np.uint64(point_starts[batch])
+            pieces.append(values)
+        batch += 1
+    if name == "offsets" and stop == target.shape[0]:
+        pieces.append(np.array([point_starts[-1]], dtype=np.uint64))
+    target[start:stop] = np.concatenate(pieces)
+
+
+def consolidate(
+    location: StoreLocation,
+    *,
+    where: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    client: Any = None,
+) -> dict[str, int]:
     """Write the final TRX-shaped arrays from all batch groups, mark the store complete,
-    then drop the batch groups. Streams chunk by chunk through dask (on ``client``'s
-    cluster when given): memory stays O(chunks in flight), whatever the store's size."""
-    import dask
-    import dask.array as da
+    then drop the batch groups.
+
+    One task per output chunk reads the overlapping slices of the batch groups and writes
+    that chunk (on ``client``'s cluster when given, else on threads here): memory stays
+    O(chunks in flight), whatever the store's size. ``where``: the store's path or URL as
+    workers open it.
+    """
+    from concurrent.futures import ThreadPoolExecutor
 
     header = read_header(location)
     if header is None:
@@ -197,52 +241,33 @@ def consolidate(location: StoreLocation, *, client: Any = None) -> dict[str, int
             f"{missing[:5]}); continue with resume=True (mriflow track --resume)"
         )
     root = _open_root(location)
-    groups = [root[batch_group(index)] for index in range(n_batches)]
-    counts = np.array([int(g.attrs["n_points"]) for g in groups], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    n_streamlines = sum(int(g.attrs["n_streamlines"]) for g in groups)
-    n_points = int(starts[-1])
-
-    def column(name: str, chunks: tuple[int, ...]) -> Any:
-        pieces = [da.from_zarr(g[name], chunks=chunks) for g in groups]
-        return da.concatenate(pieces) if pieces else None
-
-    positions = column("positions", (POINT_CHUNK, 3))
-    offsets = da.concatenate(
-        [
-            da.from_zarr(g["offsets"], chunks=STREAMLINE_CHUNK)[:-1].astype(np.uint64)
-            + np.uint64(start)
-            for g, start in zip(groups, starts[:-1], strict=True)
-        ]
-        + [da.from_array(np.array([n_points], dtype=np.uint64))]
-    )
-    pieces = {
-        "positions": (positions, (POINT_CHUNK, 3)),
-        "offsets": (offsets, (STREAMLINE_CHUNK,)),
+    sizes = [dict(root[batch_group(index)].attrs) for index in range(n_batches)]
+    point_starts = np.concatenate([[0], np.cumsum([int(s["n_points"]) for s in sizes])])
+    line_starts = np.concatenate([[0], np.cumsum([int(s["n_streamlines"]) for s in sizes])])
+    n_points, n_streamlines = int(point_starts[-1]), int(line_starts[-1])
+    layout: dict[str, tuple[tuple[int, ...], Any, int]] = {
+        "positions": ((n_points, 3), np.float32, POINT_CHUNK),
+        "offsets": ((n_streamlines + 1,), np.uint64, STREAMLINE_CHUNK),
     }
-    for name, (shape, _) in _PER_STREAMLINE.items():
-        pieces[f"dps/{name}"] = (
-            column(name, (STREAMLINE_CHUNK, *shape)),
-            (STREAMLINE_CHUNK, *shape),
+    for name, (shape, dtype) in _PER_STREAMLINE.items():
+        layout[f"dps/{name}"] = ((n_streamlines, *shape), dtype, STREAMLINE_CHUNK)
+    jobs = []
+    for name, (shape, dtype, rows) in layout.items():
+        rows = max(min(rows, shape[0]), 1)
+        root.create_array(name, shape=shape, dtype=dtype, chunks=(rows, *shape[1:]), overwrite=True)
+        row_starts = point_starts if name == "positions" else line_starts
+        jobs.extend(
+            (name, start, min(start + rows, shape[0]), row_starts, point_starts)
+            for start in range(0, shape[0], rows)
         )
-    sources, targets = [], []
-    for name, (values, chunks) in pieces.items():
-        target = root.create_array(
-            name,
-            shape=values.shape,
-            dtype=values.dtype,
-            chunks=tuple(max(min(c, s), 1) for c, s in zip(chunks, values.shape, strict=True)),
-            overwrite=True,
-        )
-        if values.size:
-            sources.append(values.rechunk(target.chunks))
-            targets.append(target)
     root.require_group("dpv")
-    stored = da.store(sources, targets, lock=False, compute=False)
+    where = where if where is not None else location.root
     if client is not None:
-        client.gather(client.compute(stored))
+        futures = [client.submit(_copy_chunk, where, storage_options, *job) for job in jobs]
+        client.gather(futures)
     else:
-        dask.compute(stored, scheduler="threads")
+        with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 4)) as pool:
+            list(pool.map(lambda job: _copy_chunk(where, storage_options, *job), jobs))
     header.update(NB_STREAMLINES=n_streamlines, NB_VERTICES=n_points, status="complete")
     root.attrs[HEADER_KEY] = header
     drop_batches(location)
@@ -407,7 +432,7 @@ class StreamlineStore:
             archive.writestr("header.json", json.dumps(header))
             for member, name, dtype in members:
                 array = self._array(name)
-                rows = chunk * (16 if name == "positions" else 1)
+                rows = array.chunks[0]  # one stored chunk per read
                 with archive.open(member, "w", force_zip64=True) as out:
                     for start in range(0, array.shape[0], rows):
                         block = np.asarray(array[start : start + rows], dtype=dtype)
