@@ -16,13 +16,14 @@ import dask.config
 import yaml
 
 
-def make_cluster(kind: str, jobs: int):  # type: ignore[no-untyped-def]
-    """A dask-jobqueue cluster from cluster/jobqueue.yaml, scaled to ``jobs`` jobs."""
+def make_cluster(kind: str, jobs: int, **options):  # type: ignore[no-untyped-def]
+    """A dask-jobqueue cluster from cluster/jobqueue.yaml (``options`` override it),
+    scaled to ``jobs`` jobs."""
     from dask_jobqueue import PBSCluster, SLURMCluster
 
     settings = yaml.safe_load(Path(__file__).with_name("jobqueue.yaml").read_text())
     dask.config.update(dask.config.config, settings, priority="new")
-    cluster = {"slurm": SLURMCluster, "pbs": PBSCluster}[kind]()
+    cluster = {"slurm": SLURMCluster, "pbs": PBSCluster}[kind](**options)
     if jobs:
         cluster.scale(jobs=jobs)
     return cluster

@@ -27,7 +27,8 @@ def _hpc():
     ],
 )
 def test_jobqueue_settings_render_job_scripts(kind, expected):
-    cluster = _hpc().make_cluster(kind, 0)
+    # (dashboard on a free port: tests run beside other clusters)
+    cluster = _hpc().make_cluster(kind, 0, scheduler_options={"dashboard_address": "127.0.0.1:0"})
     try:
         script = cluster.job_script()
     finally:

@@ -105,7 +105,7 @@ def _fingerprint(fields: FieldArrays, voxels: np.ndarray, ids: np.ndarray, param
     digest = hashlib.blake2b(digest_size=16)
     for array in (fields.field, fields.basis, fields.vertices, fields.stop_map, voxels, ids):
         digest.update(str(array.shape).encode())
-        digest.update(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+        digest.update(np.ascontiguousarray(array).data)
     digest.update(json.dumps(params, sort_keys=True).encode())
     return digest.hexdigest()
 

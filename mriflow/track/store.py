@@ -251,7 +251,7 @@ def consolidate(
     }
     for name, (shape, dtype) in _PER_STREAMLINE.items():
         layout[f"dps/{name}"] = ((n_streamlines, *shape), dtype, STREAMLINE_CHUNK)
-    jobs = []
+    jobs: list[tuple[str, int, int, np.ndarray, np.ndarray]] = []
     for name, (shape, dtype, rows) in layout.items():
         rows = max(min(rows, shape[0]), 1)
         root.create_array(name, shape=shape, dtype=dtype, chunks=(rows, *shape[1:]), overwrite=True)
@@ -421,7 +421,7 @@ class StreamlineStore:
             "NB_VERTICES": self.n_points,
             "NB_STREAMLINES": len(self),
         }
-        members = [
+        members: list[tuple[str, str, np.dtype[Any]]] = [
             ("positions.3.float32", "positions", np.dtype("<f4")),
             ("offsets.uint64", "offsets", np.dtype("<u8")),
             ("dps/seed_id.int64", "dps/seed_id", np.dtype("<i8")),
@@ -435,7 +435,7 @@ class StreamlineStore:
                 rows = array.chunks[0]  # one stored chunk per read
                 with archive.open(member, "w", force_zip64=True) as out:
                     for start in range(0, array.shape[0], rows):
-                        block = np.asarray(array[start : start + rows], dtype=dtype)
+                        block = np.asarray(array[start : start + rows]).astype(dtype, copy=False)
                         out.write(np.ascontiguousarray(block).tobytes())
 
     def _export_nibabel(self, path: Path, suffix: str, chunk: int) -> None:
