@@ -231,3 +231,25 @@ def test_max_length_and_nan_stop_reasons():
     broken.values[14] = np.nan
     result = mt.track(broken, stop, seeds[labels == 0], step_size=0.5)
     assert (result.stop_reason_names() == "invalid").any(axis=1).mean() > 0.5
+
+
+def test_planned_job_pickles_and_batches_concatenate_to_the_whole():
+    import pickle
+
+    phantom, fit, _, _ = fitted()
+    seeds, _ = bundle_seeds(phantom, density=1)
+    stop = mt.ThresholdStopping(fit.gfa, GFA_THRESHOLD)
+    job = mt.plan_tracking(fit, stop, seeds, method="probabilistic", rng=21)
+    job = pickle.loads(pickle.dumps(job))
+    whole = job.run()
+    cut = len(seeds) // 3
+    parts = [
+        mt.track_batch(job.fields, job.seeds_voxel[a:b], job.seed_ids[a:b], job.params)
+        for a, b in ((0, cut), (cut, len(seeds)))
+    ]
+    positions = np.concatenate([p["positions"] for p in parts])
+    np.testing.assert_array_equal(positions, whole.positions)
+    np.testing.assert_array_equal(np.concatenate([p["seed_ids"] for p in parts]), whole.seed_ids)
+    counts = np.concatenate([np.diff(p["offsets"]) for p in parts])
+    np.testing.assert_array_equal(counts, whole.n_points)
+    np.testing.assert_allclose(whole.affine, fit.gfa.mri.affine)

@@ -8,7 +8,15 @@ tg.save("prob.trx"); mriflow.track.load("prob.trx")
 ```
 """
 
-from mriflow.track.api import FieldArrays, TrackingParams, seed_directions, track, track_batch
+from mriflow.track.api import (
+    FieldArrays,
+    TrackingJob,
+    TrackingParams,
+    plan_tracking,
+    seed_directions,
+    track,
+    track_batch,
+)
 from mriflow.track.directions import (
     DIRECTION_GETTERS,
     direction_getter,
@@ -37,10 +45,12 @@ __all__ = [
     "StreamlineStore",
     "ThresholdStopping",
     "Tractogram",
+    "TrackingJob",
     "TrackingParams",
     "direction_getter",
     "load",
     "open_tractogram",
+    "plan_tracking",
     "random_seeds",
     "register_direction_getter",
     "seed_directions",

@@ -27,7 +27,15 @@ from mriflow.track.sphere import hemisphere, sh_basis_matrix, sh_order_from_coun
 from mriflow.track.stopping import STOPPING_CHECKS, StoppingCriterion
 from mriflow.track.tractogram import Tractogram
 
-__all__ = ["FieldArrays", "TrackingParams", "seed_directions", "track", "track_batch"]
+__all__ = [
+    "FieldArrays",
+    "TrackingJob",
+    "TrackingParams",
+    "plan_tracking",
+    "seed_directions",
+    "track",
+    "track_batch",
+]
 
 _METHODS = ("deterministic", "probabilistic")
 
@@ -176,7 +184,7 @@ def _pick_field(fields: Any, method: str, getter_name: str | None) -> tuple[xr.D
         else:
             raise TrackingInputError(
                 f"fields: {method} tracking needs {' or '.join(wanted)} in the Dataset; it "
-                f"holds {sorted(fields.data_vars)}"
+                f"holds {sorted(str(name) for name in fields.data_vars)}"
             )
     elif isinstance(fields, xr.DataArray):
         field = fields
@@ -285,7 +293,7 @@ def _check_numbers(
             f"step_size: {step_size} mm is larger than the smallest voxel size "
             f"({voxel_size.min():.3g} mm); streamlines may skip over voxels",
             TrackingWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     if not (0 < max_angle <= 90):
         raise TrackingInputError(f"max_angle: must be in (0, 90] degrees, got {max_angle}")
@@ -328,9 +336,98 @@ def _seed_voxels(
         warnings.warn(
             f"seeds: dropped {int((~inside).sum())} of {len(world)} seeds outside the image",
             TrackingWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     return voxels[inside], ids[inside]
+
+
+@dataclass(frozen=True)
+class TrackingJob:
+    """Checked, engine-ready inputs: what :func:`track` runs, and what a distributed
+    runner splits into seed batches (``seeds_voxel[a:b]``, ``seed_ids[a:b]``) for
+    :func:`track_batch`. Picklable; the arrays are plain numpy."""
+
+    fields: FieldArrays
+    seeds_voxel: np.ndarray
+    seed_ids: np.ndarray
+    params: TrackingParams
+    dimensions: tuple[int, int, int]
+
+    @property
+    def affine(self) -> np.ndarray:
+        """Voxel-to-RAS affine of the tracking grid."""
+        return np.asarray(self.params.affine, dtype=np.float64)
+
+    def tractogram(self, out: dict[str, np.ndarray]) -> Tractogram:
+        """Wrap :func:`track_batch` output (or batches concatenated in seed order)."""
+        return Tractogram(
+            out["positions"],
+            out["offsets"],
+            out["seed_ids"],
+            out["stop_reasons"],
+            self.affine,
+            self.dimensions,
+        )
+
+    def run(self) -> Tractogram:
+        """Track every seed in this process."""
+        return self.tractogram(
+            track_batch(self.fields, self.seeds_voxel, self.seed_ids, self.params)
+        )
+
+
+def plan_tracking(
+    fields: xr.Dataset | xr.DataArray,
+    stopping: StoppingCriterion,
+    seeds: Any,
+    *,
+    method: str = "deterministic",
+    direction_getter: str | None = None,
+    step_size: float = 0.5,
+    max_angle: float = 30.0,
+    pmf_threshold: float = 0.1,
+    min_length: float = 10.0,
+    max_length: float = 250.0,
+    sphere: str | int = "repulsion724",
+    rng: int | None = 0,
+    seed_ids: Any = None,
+    n_threads: int | None = None,
+    batch_size: int = 256,
+) -> TrackingJob:
+    """Check and convert the inputs of :func:`track` (same arguments) without tracking."""
+    field, getter_name = _pick_field(fields, method, direction_getter)
+    if not isinstance(stopping, StoppingCriterion):
+        raise TrackingInputError(
+            "stopping: use mriflow.track.ThresholdStopping(...) or BinaryStopping(...), got "
+            f"{type(stopping).__name__}"
+        )
+    stop_map = _check_grids(field, stopping)
+    affine = field.mri.affine
+    voxel_size = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    _check_numbers(step_size, voxel_size, max_angle, pmf_threshold, min_length, max_length)
+    if rng is None:
+        rng = int(np.random.default_rng().integers(0, 2**63 - 1))
+    if int(rng) < 0:
+        raise TrackingInputError(f"rng: must be a non-negative integer, got {rng}")
+    shape = stop_map.shape
+    arrays = _field_arrays(field, stop_map, FIELD_KINDS[getter_name], sphere)
+    voxels, ids = _seed_voxels(seeds, affine, shape, seed_ids)
+    params = TrackingParams(
+        direction_getter=getter_name,
+        stopping_check=stopping.check,
+        stopping_params=tuple(float(p) for p in stopping.params),
+        step_size=float(step_size),
+        voxel_size=tuple(float(v) for v in voxel_size),  # type: ignore[arg-type]
+        affine=tuple(tuple(float(v) for v in row) for row in affine),
+        max_angle=float(max_angle),
+        pmf_threshold=float(pmf_threshold),
+        min_length=float(min_length),
+        max_length=float(max_length),
+        rng=int(rng),
+        n_threads=int(n_threads or 0),
+        batch_size=int(batch_size),
+    )
+    return TrackingJob(arrays, voxels, ids, params, tuple(int(n) for n in shape))  # type: ignore[arg-type]
 
 
 def track(
@@ -362,47 +459,23 @@ def track(
     cut at ``max_length`` mm. ``rng``: key of the per-seed random streams (same key, same
     tractogram, whatever the threads). ``seed_ids``: global ids (default ``0..n-1``).
     """
-    field, getter_name = _pick_field(fields, method, direction_getter)
-    if not isinstance(stopping, StoppingCriterion):
-        raise TrackingInputError(
-            "stopping: use mriflow.track.ThresholdStopping(...) or BinaryStopping(...), got "
-            f"{type(stopping).__name__}"
-        )
-    stop_map = _check_grids(field, stopping)
-    affine = field.mri.affine
-    voxel_size = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    _check_numbers(step_size, voxel_size, max_angle, pmf_threshold, min_length, max_length)
-    if rng is None:
-        rng = int(np.random.SeedSequence().entropy % (2**63))
-    if int(rng) < 0:
-        raise TrackingInputError(f"rng: must be a non-negative integer, got {rng}")
-    shape = stop_map.shape
-    arrays = _field_arrays(field, stop_map, FIELD_KINDS[getter_name], sphere)
-    voxels, ids = _seed_voxels(seeds, affine, shape, seed_ids)
-    params = TrackingParams(
-        direction_getter=getter_name,
-        stopping_check=stopping.check,
-        stopping_params=tuple(float(p) for p in stopping.params),
-        step_size=float(step_size),
-        voxel_size=tuple(float(v) for v in voxel_size),  # type: ignore[arg-type]
-        affine=tuple(tuple(float(v) for v in row) for row in affine),
-        max_angle=float(max_angle),
-        pmf_threshold=float(pmf_threshold),
-        min_length=float(min_length),
-        max_length=float(max_length),
-        rng=int(rng),
-        n_threads=int(n_threads or 0),
-        batch_size=int(batch_size),
-    )
-    out = track_batch(arrays, voxels, ids, params)
-    return Tractogram(
-        out["positions"],
-        out["offsets"],
-        out["seed_ids"],
-        out["stop_reasons"],
-        affine,
-        tuple(int(n) for n in shape),  # type: ignore[arg-type]
-    )
+    return plan_tracking(
+        fields,
+        stopping,
+        seeds,
+        method=method,
+        direction_getter=direction_getter,
+        step_size=step_size,
+        max_angle=max_angle,
+        pmf_threshold=pmf_threshold,
+        min_length=min_length,
+        max_length=max_length,
+        sphere=sphere,
+        rng=rng,
+        seed_ids=seed_ids,
+        n_threads=n_threads,
+        batch_size=batch_size,
+    ).run()
 
 
 def seed_directions(

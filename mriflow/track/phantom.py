@@ -46,7 +46,7 @@ class BundlePhantom:
     @property
     def white_matter(self) -> np.ndarray:
         """Union of the bundles."""
-        return self.masks.any(axis=0)
+        return np.asarray(self.masks.any(axis=0))
 
 
 def _straight(

@@ -28,7 +28,9 @@ _WEYL1 = np.uint64(0xBB67AE85)
     nogil=True,
     cache=True,
 )
-def philox4x32(key: int, stream: int, counter: int) -> tuple[int, int, int, int]:
+def philox4x32(
+    key: int, stream: int, counter: int
+) -> tuple[np.uint64, np.uint64, np.uint64, np.uint64]:
     """Ten Philox4x32 rounds on the block ``(counter, stream)`` with the 64-bit ``key``.
 
     Returns four 32-bit words (held in uint64).

@@ -98,17 +98,15 @@ class Tractogram:
         """True where both ends stopped at the stopping map or the image edge (dipy's
         VALIDSTREAMLINE), not by angle, length or invalid data."""
         good = np.isin(self.stop_reasons, [1, 2])
-        return good.all(axis=1)
+        return np.asarray(good.all(axis=1))
 
     def select(self, keep: np.ndarray) -> Tractogram:
         """The streamlines where boolean ``keep`` is True (or the given indices)."""
         index = np.arange(len(self))[keep]
         counts = self.n_points[index]
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        point_index = np.concatenate(
-            [np.arange(self.offsets[i], self.offsets[i + 1]) for i in index]
-            or [np.zeros(0, np.int64)]
-        )
+        shift = np.repeat(self.offsets[index] - offsets[:-1], counts)
+        point_index = np.arange(offsets[-1], dtype=np.int64) + shift
         return Tractogram(
             self.positions[point_index],
             offsets,
