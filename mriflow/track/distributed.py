@@ -35,17 +35,7 @@ import xarray as xr
 
 from mriflow.errors import StoreWriteError, TrackingInputError, TractogramStoreError
 from mriflow.io.zarr._store import resolve_store
-from mriflow.track.api import (
-    FieldArrays,
-    TrackingParams,
-    _check_grids,
-    _check_numbers,
-    _field_arrays,
-    _pick_field,
-    _seed_voxels,
-    track_batch,
-)
-from mriflow.track.directions import FIELD_KINDS
+from mriflow.track.api import FieldArrays, TrackingParams, plan_tracking, track_batch
 from mriflow.track.stopping import StoppingCriterion
 from mriflow.track.store import (
     StreamlineStore,
@@ -249,12 +239,6 @@ def track_to_zarr(
     replaces an existing store. ``rng`` keys the per-seed random streams: the same inputs
     and ``rng`` give the same store, byte for byte, whatever the cluster or batching.
     """
-    field, getter_name = _pick_field(fields, method, direction_getter)
-    if not isinstance(stopping, StoppingCriterion):
-        raise TrackingInputError(
-            "stopping: use mriflow.track.ThresholdStopping(...) or BinaryStopping(...), got "
-            f"{type(stopping).__name__}"
-        )
     if int(batch_size) < 1:
         raise TrackingInputError(f"batch_size: must be a positive integer, got {batch_size}")
     if rng is None or int(rng) < 0:
@@ -262,27 +246,23 @@ def track_to_zarr(
             f"rng: track_to_zarr needs a fixed non-negative integer key (resumes and retries "
             f"must draw the same streams), got {rng}"
         )
-    stop_map = _check_grids(field, stopping)
-    affine = field.mri.affine
-    voxel_size = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    _check_numbers(step_size, voxel_size, max_angle, pmf_threshold, min_length, max_length)
-    arrays = _field_arrays(field, stop_map, FIELD_KINDS[getter_name], sphere)
-    voxels, ids = _seed_voxels(seeds, affine, stop_map.shape, None)
-    params = TrackingParams(
-        direction_getter=getter_name,
-        stopping_check=stopping.check,
-        stopping_params=tuple(float(p) for p in stopping.params),
-        step_size=float(step_size),
-        voxel_size=tuple(float(v) for v in voxel_size),  # type: ignore[arg-type]
-        affine=tuple(tuple(float(v) for v in row) for row in affine),
-        max_angle=float(max_angle),
-        pmf_threshold=float(pmf_threshold),
-        min_length=float(min_length),
-        max_length=float(max_length),
+    job = plan_tracking(
+        fields,
+        stopping,
+        seeds,
+        method=method,
+        direction_getter=direction_getter,
+        step_size=step_size,
+        max_angle=max_angle,
+        pmf_threshold=pmf_threshold,
+        min_length=min_length,
+        max_length=max_length,
+        sphere=sphere,
         rng=int(rng),
-        n_threads=1,
-        batch_size=256,
+        n_threads=1,  # one batch per worker thread
     )
+    arrays, voxels, ids, params = job.fields, job.seeds_voxel, job.seed_ids, job.params
+    stop_map, affine = arrays.stop_map, job.affine
     described = {
         "method": method,
         "sphere": str(sphere),
