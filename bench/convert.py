@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-SHAPE = (128, 128, 80, 782)  # int16: 2.05 GB of voxels
+SHAPE = (128, 128, 80, 782)  # int16: 2.05 GB of voxels (--volumes changes the last)
 SEED = 20261122
 
 PROBE = """
@@ -93,12 +93,15 @@ def machine() -> str:
 
 
 def main() -> None:
+    global SHAPE
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=Path("/tmp/zarr-data"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "zarr.md")
+    parser.add_argument("--volumes", type=int, default=SHAPE[3], help="smaller for a dry run")
     args = parser.parse_args()
+    SHAPE = (*SHAPE[:3], args.volumes)
     args.data.mkdir(parents=True, exist_ok=True)
-    source = args.data / "bench_dwi.nii.gz"
+    source = args.data / f"bench_dwi_{SHAPE[3]}.nii.gz"
     if not source.exists():
         started = time.perf_counter()
         generate(source)
@@ -166,7 +169,7 @@ def main() -> None:
         f"- input: {source.name}, shape {SHAPE} int16, {raw_bytes / 1e9:.2f} GB of voxels, "
         f"{source.stat().st_size / 1e9:.2f} GB gzip (level 1)",
         "- mriflow: `mriflow.convert(src, store)` with defaults (dask threaded scheduler, "
-        "chunks spatial 16^3 x all 782 volumes, blosc-zstd level 3, zarr v3)",
+        f"chunks spatial blocks x all {SHAPE[3]} volumes, blosc-zstd level 1 + shuffle, zarr v3)",
         "- naive: `nibabel.load().get_fdata(dtype=float32)` (float64 would need 8 GB) then "
         "`zarr.save` (zarr defaults)",
         "",

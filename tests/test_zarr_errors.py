@@ -168,6 +168,18 @@ def test_resume_refuses_a_different_image(labels: Path, tmp_path: Path) -> None:
         mriflow.to_zarr(image, path, chunks="8,8,8", resume=True)
 
 
+def test_resume_refuses_a_changed_source(tmp_path: Path) -> None:
+    phantom = write_dwi_phantom(tmp_path / "in", shape=(20, 24, 18), n_directions=6)
+    labels, mask = mriflow.open_image(phantom["labels"]), mriflow.open_image(phantom["mask"])
+    assert labels.shape == mask.shape
+    assert labels.dtype == mask.dtype
+    path = tmp_path / "x.zarr"
+    with pytest.raises(mriflow.StoreWriteError):
+        mriflow.to_zarr(labels, CappedStore(path, capacity=8_000), chunks="4,4,4")
+    with pytest.raises(mriflow.StoreMetadataError, match=r"x\.zarr: cannot resume: the source"):
+        mriflow.to_zarr(mask, path, chunks="4,4,4", resume=True)
+
+
 def test_bad_options_and_too_many_axes(labels: Path, tmp_path: Path) -> None:
     image = mriflow.open_image(labels)
     with pytest.raises(ValueError, match="compressor must be one of"):
@@ -177,3 +189,27 @@ def test_bad_options_and_too_many_axes(labels: Path, tmp_path: Path) -> None:
     six = image.expand_dims(a=2, b=2, c=1)
     with pytest.raises(mriflow.ImageFormatError, match="at most 2 others"):
         mriflow.to_zarr(six, tmp_path / "c.zarr")
+
+
+def test_inflate_handles_multi_member_gzip_and_reports_damage(tmp_path: Path) -> None:
+    import gzip
+    import hashlib
+
+    from mriflow.io.zarr._convert import inflate
+
+    first, second = b"a" * 100_000, bytes(range(256)) * 1000
+    two = tmp_path / "two.gz"
+    two.write_bytes(gzip.compress(first) + gzip.compress(second))
+    checksum = inflate(two, tmp_path / "out", block=4096)
+    assert (tmp_path / "out").read_bytes() == first + second
+    assert checksum == "sha256:" + hashlib.sha256(two.read_bytes()).hexdigest()
+    damaged = tmp_path / "damaged.gz"
+    data = bytearray(gzip.compress(second))
+    data[40:60] = b"\xff" * 20
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(mriflow.CorruptDataError, match=r"damaged\.gz: damaged gzip stream"):
+        inflate(damaged, tmp_path / "out2")
+    truncated = tmp_path / "truncated.gz"
+    truncated.write_bytes(gzip.compress(second)[:-100])
+    with pytest.raises(mriflow.CorruptDataError, match=r"truncated\.gz: gzip stream ends early"):
+        inflate(truncated, tmp_path / "out3")

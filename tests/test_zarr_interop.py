@@ -83,3 +83,12 @@ def test_niizarr_reads_our_oblique_dwi_and_pyramid(phantom: dict[str, Path], tmp
         np.testing.assert_allclose(reference.header.get_best_affine(), ours.mri.affine, atol=1e-5)
         slope = _store_header(store).get_slope_inter()[0]
         np.testing.assert_allclose(np.asarray(reference.dataobj) * slope, ours.values, rtol=1e-6)
+
+
+def test_niizarr_channel_axis_opens_as_channel(tmp_path: Path) -> None:
+    source = NIBABEL_DATA / "example4d.nii.gz"
+    store = tmp_path / "channels.nii.zarr"
+    niizarr.nii2zarr(str(source), str(store), chunk=16, nb_levels=1, no_time=True)
+    image = mriflow.open_zarr(store)
+    assert image.dims == ("i", "j", "k", "channel")
+    np.testing.assert_array_equal(image.values, np.asarray(nib.load(source).dataobj))

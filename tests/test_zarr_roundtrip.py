@@ -109,6 +109,10 @@ def test_oblique_dwi_keeps_gradients_scaling_and_sidecar(
     back = mriflow.open_zarr(store)
     _same_image(back, image)
     np.testing.assert_array_equal(back.mri.bvecs("fsl"), image.mri.bvecs("fsl"))
+    assert back.chunks == ((8, 8, 4), (8, 8, 8), (8, 8, 2), (14,))
+    rechunked = mriflow.open_zarr(store, chunks={"i": 20, "volume": 7})
+    assert rechunked.chunks == ((20,), (8, 8, 8), (8, 8, 2), (7, 7))
+    np.testing.assert_array_equal(rechunked.values, image.values)
     assert back.encoding["scl_slope"] == image.encoding["scl_slope"]
     zarr_meta = json.loads((store / "0" / "zarr.json").read_text())
     assert zarr_meta["chunk_grid"]["configuration"]["chunk_shape"] == [34 - 20, 8, 8, 8]
@@ -277,3 +281,19 @@ def test_credentials_in_source_urls_are_not_stored(phantom: dict[str, Path], tmp
     assert "SECRET" not in text
     assert "t0k" not in text
     assert "s3://bucket/sub-01_mask.nii.gz" in text
+
+
+def test_five_dimensional_images(tmp_path: Path) -> None:
+    import niizarr
+
+    data = np.arange(6 * 5 * 4 * 3 * 2, dtype=np.float32).reshape(6, 5, 4, 3, 2)
+    path = tmp_path / "five.nii.gz"
+    nib.save(nib.Nifti1Image(data, oblique_affine((1.0, 1.2, 1.4), data.shape)), path)
+    image = mriflow.open_image(path)
+    assert image.dims == ("i", "j", "k", "t", "channel")
+    mriflow.convert(path, tmp_path / "five.zarr", levels=2)
+    back = mriflow.open_zarr(tmp_path / "five.zarr")
+    _same_image(back, image)
+    reference = niizarr.zarr2nii(str(tmp_path / "five.zarr"))
+    np.testing.assert_array_equal(np.asarray(reference.dataobj), data)
+    assert mriflow.open_zarr(tmp_path / "five.zarr", level=1).shape == (3, 3, 2, 3, 2)

@@ -95,7 +95,12 @@ def default_chunks(
 
 
 def make_compressor(name: str, zarr_format: int) -> Any:
-    """The zarr codec for ``name`` (blosc-zstd, blosc-lz4, zlib or none)."""
+    """The zarr codec for ``name`` (blosc-zstd, blosc-lz4, zlib or none).
+
+    Blosc runs at level 1 with byte shuffle: on DWI-like int16 data zstd level 3 makes stores
+    only ~4% smaller for twice the compression time, and conversion is compression-bound
+    once the gzip input is inflated.
+    """
     if name not in COMPRESSORS:
         raise ValueError(f"compressor must be one of {', '.join(COMPRESSORS)}, got {name!r}")
     if name == "none":
@@ -105,12 +110,12 @@ def make_compressor(name: str, zarr_format: int) -> Any:
 
         if name == "zlib":
             return numcodecs.Zlib(level=4)
-        return numcodecs.Blosc(cname=name, clevel=3, shuffle=numcodecs.Blosc.SHUFFLE)
+        return numcodecs.Blosc(cname=name, clevel=1, shuffle=numcodecs.Blosc.SHUFFLE)
     import zarr.codecs
 
     if name == "zlib":
         return zarr.codecs.GzipCodec(level=4)
-    return zarr.codecs.BloscCodec(cname=name, clevel=3, shuffle="shuffle")  # type: ignore[arg-type]
+    return zarr.codecs.BloscCodec(cname=name, clevel=1, shuffle="shuffle")  # type: ignore[arg-type]
 
 
 def level_factors(shape: Sequence[int], levels: int) -> list[list[int]]:

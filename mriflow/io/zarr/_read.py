@@ -19,7 +19,7 @@ from mriflow.errors import (
     StoreMetadataError,
 )
 from mriflow.image.affine import check_affine
-from mriflow.image.model import KINDS, default_dims, make_image
+from mriflow.image.model import KINDS, make_image
 from mriflow.io.zarr import _layout as layout
 from mriflow.io.zarr._store import StoreLocation, resolve_store
 from mriflow.io.zarr._write import DATASET_FORMAT, IMAGE_FORMAT
@@ -129,12 +129,13 @@ def _scale(data: Any, slope: float, inter: float) -> Any:
 def _zarr_chunks(
     chunks: Mapping[str, int] | None, dims: list[str], order: tuple[int, ...], array: Any
 ) -> tuple[int, ...] | None:
+    """Dask chunks in zarr order: ``chunks`` by dim name (-1 = whole axis), else the store's."""
     if not chunks:
         return None
-    by_dim = [int(chunks.get(d, -1)) for d in dims]
-    in_nifti = [
-        n if c == -1 else c for c, n in zip(by_dim, (array.shape[a] for a in order), strict=True)
-    ]
+    in_nifti = []
+    for dim, axis in zip(dims, order, strict=True):
+        size = int(chunks.get(dim, array.chunks[axis]))
+        in_nifti.append(int(array.shape[axis]) if size == -1 else size)
     inverse = np.argsort(order)
     return tuple(in_nifti[a] for a in inverse)
 
@@ -257,6 +258,7 @@ def _open_foreign(
     others = [a for a in axes if a not in ("x", "y", "z")]
     others.sort(key=lambda a: {"t": 0, "c": 1}.get(a, 2))
     order = tuple(axes.index(a) for a in ("x", "y", "z", *others))
+    dims = ["i", "j", "k", *("t" if a == "t" else "channel" if a == "c" else a for a in others)]
     header = _header(name, node)
     slope, inter, kind = 1.0, 0.0, "scalar"
     coords: dict[str, Any] = {}
@@ -268,12 +270,11 @@ def _open_foreign(
         inter = inter if np.isfinite(inter) else 0.0
         if int(header["intent_code"]) == _INTENT_LABEL:
             kind = "label"
-        dims = list(default_dims(3 + len(others), "t"))
         zooms = header.get_zooms()
-        if len(others) >= 1 and len(zooms) > 3 and zooms[3] > 0:
+        if "t" in others and len(zooms) > 3 and zooms[3] > 0:
             unit = header.get_xyzt_units()[1]
             step = float(zooms[3]) * _TIME_UNITS.get(unit, 1.0)
-            coords["t"] = ("t", np.arange(array.shape[axes.index(others[0])]) * step)
+            coords["t"] = ("t", np.arange(array.shape[axes.index("t")]) * step)
         header_shape = tuple(int(n) for n in header.get_data_shape())
         actual = tuple(int(array.shape[a]) for a in order)
         if level == 0 and header_shape[:3] != actual[:3]:
@@ -292,7 +293,6 @@ def _open_foreign(
             stacklevel=3,
         )
         affine = _ngff_affine(name, multiscale, level, axes)
-        dims = ["i", "j", "k", *("t" if a == "t" else "channel" if a == "c" else a for a in others)]
     data = _scale(_lazy(array, order, _zarr_chunks(chunks, dims, order, array)), slope, inter)
     attrs = {
         "modality": "unknown",

@@ -6,9 +6,9 @@ import datetime
 import hashlib
 import math
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -90,10 +90,7 @@ def plan_image(
     if affine is not None:
         image = image.copy()
         image.attrs["affine"] = np.asarray(affine, dtype=np.float64)
-    try:
-        effective = image.mri.affine
-    except GeometryError:
-        raise
+    effective = image.mri.affine
     spatial = list(image.mri.spatial_dims)
     missing = [d for d in SPATIAL_DIMS if d not in spatial]
     others = [str(d) for d in image.dims if d not in SPATIAL_DIMS]
@@ -166,13 +163,15 @@ def plan_image(
 
 
 def _parallelism() -> int:
-    try:
+    """Threads that will run the writes: the active distributed client's, else this machine's."""
+    if "distributed" in sys.modules:  # no client can exist before distributed is imported
         from distributed import default_client
 
-        client = default_client()
-        return max(1, sum(client.nthreads().values()))
-    except (ImportError, ValueError):
-        return os.cpu_count() or 1
+        try:
+            return max(1, sum(default_client().nthreads().values()))
+        except ValueError:
+            pass
+    return os.cpu_count() or 1
 
 
 def _regions(shape: Sequence[int], chunks: Sequence[int]) -> list[tuple[slice, ...]]:
@@ -616,10 +615,3 @@ def _dataset_to_zarr(dataset: xr.Dataset, store: Any, *, group: str | None, **op
     meta["complete"] = True
     root.attrs["mriflow"] = meta
     return loc.name
-
-
-def local_path(location: Any) -> Path | None:
-    """The local folder of a store location, or None for remote ones."""
-    if isinstance(location, str | os.PathLike) and "://" not in str(location):
-        return Path(location).expanduser().absolute()
-    return None
