@@ -169,22 +169,19 @@ def test_subprocess_scheduler_and_workers_give_the_same_store(reference, schedul
             dataset, stopping, seeds, path, batch_size=BATCH, client=client,
             progress=False, **OPTIONS,
         )  # fmt: skip
-        # Both workers tracked batches, and the fields arrived in each worker's memory
-        # exactly once (one broadcast; tasks name the key and never carry the arrays).
+        # Both workers tracked batches, and the fields arrived in each worker exactly once
+        # (tasks name them and never carry them).
         stats = client.run(
             lambda dask_worker: (
                 dask_worker.state.executed_count,
-                [
-                    entry[3]
-                    for entry in dask_worker.state.log
-                    if str(entry[0]).startswith("FieldArrays-") and entry[1] == "put-in-memory"
-                ],
+                __import__("mriflow.track.distributed").track.distributed.FIELD_ARRIVALS,
             )
         )
     assert len(stats) == 2
     for executed, arrivals in stats.values():
         assert executed >= 1, stats
         assert len(arrivals) == 1, stats
+        assert set(arrivals.values()) == {1}, stats
     assert tree(path) == expected_tree
 
 

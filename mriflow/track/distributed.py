@@ -6,8 +6,8 @@ How the work is laid out:
   stopping map already says stop costs almost nothing), at least ``batch_size`` seeds'
   worth of work each; the layout depends on the seeds and ``batch_size`` only, never on the
   cluster, so a resume on a different cluster finds the same batches;
-- the field arrays are scattered once with ``broadcast=True``: every worker holds one copy
-  and tasks name it by key (a replacement worker fetches it from a peer);
+- the field arrays travel once to each worker inside a worker plugin (also sent to any
+  worker that joins later, e.g. a replacement for one that died); tasks name the plugin;
 - each batch is one task: :func:`mriflow.track.track_batch` on one thread, then the worker
   writes the result to the batch's own group of the store and its completion marker; only
   two counts come back to the client, which keeps a bounded window of tasks in flight;
@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+from distributed import WorkerPlugin
 
 from mriflow.errors import StoreWriteError, TrackingInputError, TractogramStoreError
 from mriflow.io.zarr._store import resolve_store
@@ -168,6 +169,37 @@ def _run_local(
             on_done()
 
 
+#: How many times each field set arrived in this process (by plugin name): once per
+#: worker process is the promise, checked by the tests.
+FIELD_ARRIVALS: dict[str, int] = {}
+
+
+class FieldsPlugin(WorkerPlugin):  # type: ignore[misc]
+    """A dask worker plugin carrying the fields: sent once to every worker, and to every
+    worker that joins later (a replacement for one that died). Tasks name it, never carry
+    it.
+
+    A plugin rather than ``scatter(broadcast=True)``: the scheduler's active memory manager
+    drops "extra" replicas of scattered data, and tasks then fetched the fields again
+    (seen in the tests). Unregistering it at the end of the run frees the fields.
+    """
+
+    def __init__(self, name: str, fields: FieldArrays) -> None:
+        self.name = name
+        self.fields = fields
+
+    def setup(self, worker: Any) -> None:
+        FIELD_ARRIVALS[self.name] = FIELD_ARRIVALS.get(self.name, 0) + 1
+
+
+def _run_batch_on_worker(plugin: str, *args: Any) -> tuple[int, int, int]:
+    """:func:`_run_batch` with the fields this worker holds in plugin ``plugin``."""
+    from distributed import get_worker
+
+    holder: Any = get_worker().plugins[plugin]
+    return _run_batch(holder.fields, *args)
+
+
 def _run_cluster(
     client: Any,
     submit_args: list[tuple[Any, ...]],
@@ -175,26 +207,31 @@ def _run_cluster(
     token: str,
     on_done: Callable[[], None],
 ) -> None:
-    """Batches as tasks on ``client``'s cluster, fields broadcast once, a bounded window
-    of tasks in flight so the client never holds more than that many."""
+    """Batches as tasks on ``client``'s cluster, fields sent once per worker, a bounded
+    window of tasks in flight so the client never holds more than that many."""
+    import uuid
+
     from distributed import as_completed
 
-    fields_future = client.scatter(fields, broadcast=True, hash=False)
+    plugin = f"mriflow-fields-{token}-{uuid.uuid4().hex[:8]}"
+    client.register_plugin(FieldsPlugin(plugin, fields), name=plugin)
     window = max(4 * sum(client.nthreads().values()), 8)
     queue = iter(submit_args)
 
     def submit(args: tuple[Any, ...]) -> Any:
         return client.submit(
-            _run_batch,
-            fields_future,
+            _run_batch_on_worker,
+            plugin,
             *args,
             key=f"mriflow-track-{token}-{args[2]}",
             pure=False,
             retries=2,
         )
 
-    running = as_completed([submit(args) for _, args in zip(range(window), queue, strict=False)])
     try:
+        running = as_completed(
+            [submit(args) for _, args in zip(range(window), queue, strict=False)]
+        )
         for future in running:
             future.result()
             future.release()
@@ -203,7 +240,7 @@ def _run_cluster(
             if following is not None:
                 running.add(submit(following))
     finally:
-        client.cancel(fields_future)
+        client.unregister_worker_plugin(plugin)
 
 
 def track_to_zarr(
