@@ -338,6 +338,109 @@ def run_command(
     _say(f"done in {time.perf_counter() - started:.1f} s")
 
 
+def _named_image(fields: Any, name: str, what: str) -> Any:
+    """A data variable of the fit store ``fields``, or an image file opened by path."""
+    if name in fields.data_vars:
+        return fields[name]
+    if Path(name).exists():
+        from mriflow.io import open_image
+
+        return open_image(name)
+    raise typer.BadParameter(
+        f"{what} {name!r}: neither a variable of the fields store "
+        f"({', '.join(sorted(map(str, fields.data_vars)))}) nor an existing image file"
+    )
+
+
+@app.command()
+@_reports_errors
+def track(
+    fields: Annotated[
+        str, typer.Argument(help="A fit store (zarr Dataset with shm_coeff or peak_dirs).")
+    ],
+    output: Annotated[str, typer.Option("--output", "-o", help="The streamline store (.zarr).")],
+    method: Annotated[str, typer.Option(help="deterministic or probabilistic.")] = "deterministic",
+    stop: Annotated[
+        str, typer.Option(help="Stopping map: a variable of FIELDS or an image file.")
+    ] = "gfa",
+    threshold: Annotated[float, typer.Option(help="Stop where the map falls to this.")] = 0.2,
+    seed_mask: Annotated[
+        str | None,
+        typer.Option(help="Seed mask (variable or image file); default: stopping map > threshold."),
+    ] = None,
+    density: Annotated[int, typer.Option(help="Seeds per voxel along each axis.")] = 1,
+    step_size: Annotated[float, typer.Option(help="Step in mm.")] = 0.5,
+    max_angle: Annotated[float, typer.Option(help="Largest turn per step, degrees.")] = 30.0,
+    min_length: Annotated[float, typer.Option(help="Drop shorter streamlines (mm).")] = 10.0,
+    max_length: Annotated[float, typer.Option(help="Cut longer streamlines (mm).")] = 250.0,
+    rng: Annotated[int, typer.Option(help="Key of the per-seed random streams.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Seeds per task.")] = 5000,
+    workers: Annotated[int | None, typer.Option(help="Workers of the local cluster.")] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Address of an existing dask scheduler (else a local one).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run, skipping done batches.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing store.")
+    ] = False,
+) -> None:
+    """Track streamlines on a dask cluster into a resumable zarr streamline store."""
+    import mriflow.track as mt
+    from mriflow.cluster import get_client
+    from mriflow.io.zarr import open_zarr
+
+    started = time.perf_counter()
+    dataset = open_zarr(fields)
+    if not hasattr(dataset, "data_vars"):
+        raise typer.BadParameter(f"{fields}: holds one image, not a fit Dataset")
+    stop_map = _named_image(dataset, stop, "--stop")
+    stopping = mt.ThresholdStopping(stop_map, threshold)
+    mask = _named_image(dataset, seed_mask, "--seed-mask") if seed_mask else stop_map > threshold
+    mask = mask.astype("uint8")
+    mask.attrs.update(stop_map.attrs if seed_mask is None else mask.attrs)
+    seeds = mt.seeds_from_mask(mask, density=density)
+    with get_client(
+        scheduler, n_workers=workers, threads_per_worker=1 if workers else None
+    ) as client:
+        _say(f"cluster {client.scheduler.address}, {len(seeds)} seeds")
+        written = mt.track_to_zarr(
+            dataset,
+            stopping,
+            seeds,
+            output,
+            method=method,
+            step_size=step_size,
+            max_angle=max_angle,
+            min_length=min_length,
+            max_length=max_length,
+            rng=rng,
+            batch_size=batch_size,
+            client=client,
+            resume=resume,
+            overwrite=overwrite,
+            progress=not _state["quiet"],
+        )
+    _say(f"wrote {written!r} in {time.perf_counter() - started:.1f} s")
+
+
+@app.command()
+@_reports_errors
+def export(
+    store: Annotated[str, typer.Argument(help="A streamline store written by `mriflow track`.")],
+    destination: Annotated[Path, typer.Argument(help="Output file: .trx, .trk or .tck.")],
+) -> None:
+    """Export a streamline store to .trx / .trk / .tck, streaming (bounded memory)."""
+    import mriflow.track as mt
+
+    started = time.perf_counter()
+    tractogram = mt.open_tractogram(store)
+    tractogram.export(destination)
+    elapsed = time.perf_counter() - started
+    _say(f"wrote {destination} ({len(tractogram)} streamlines) in {elapsed:.1f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     try:

@@ -24,16 +24,17 @@ __all__ = [
     "AcquisitionError",
     "MissingTimingError",
     "MetadataWarning",
+    "TrackingInputError",
+    "TrackingWarning",
+    "TractogramFormatError",
     "StoreFormatError",
     "IncompleteStoreError",
     "StoreMetadataError",
     "StoreWriteError",
     "MissingAffineWarning",
-    "TrackingInputError",
-    "TrackingWarning",
-    "TractogramFormatError",
     "PerfusionInputError",
     "AifError",
+    "TractogramStoreError",
 ]
 
 
@@ -93,6 +94,18 @@ class InvalidSignalWarning(MriflowWarning, RuntimeWarning):
     """Some voxels hold NaN, infinite or negative signal; they fit to NaN (a count is given)."""
 
 
+class TrackingInputError(MriflowError, ValueError):
+    """Tracking inputs do not fit together: fields, stopping map, seeds or parameters."""
+
+
+class TractogramFormatError(MriflowError, ValueError):
+    """A streamline file cannot be written or read (unknown extension, malformed content)."""
+
+
+class TrackingWarning(MriflowWarning):
+    """Tracking went ahead but dropped or adjusted something the caller should know of."""
+
+
 class StoreFormatError(MriflowError, ValueError):
     """The path is not a zarr store, or not one that holds an image mriflow can read."""
 
@@ -125,21 +138,13 @@ class SkippedDicomWarning(MriflowWarning):
     """Files that look like DICOM were not read (no Part-10 header): a series may be incomplete."""
 
 
-class TrackingInputError(MriflowError, ValueError):
-    """Tracking inputs do not fit together: fields, stopping map, seeds or parameters."""
-
-
-class TractogramFormatError(MriflowError, ValueError):
-    """A streamline file cannot be written or read (unknown extension, malformed content)."""
-
-
-class TrackingWarning(MriflowWarning):
-    """Tracking went ahead but dropped or adjusted something the caller should know of."""
-
-
 class PerfusionInputError(FitInputError):
     """Input to a perfusion or IVIM fit is unusable (M0, b-values, volume pairing, ...)."""
 
 
 class AifError(PerfusionInputError):
     """An arterial input function is unusable: wrong time axis, empty mask, NaN values."""
+
+
+class TractogramStoreError(MriflowError, ValueError):
+    """A streamline store cannot be continued: it was started with other inputs."""

@@ -22,6 +22,7 @@ from mriflow.track.directions import (
     direction_getter,
     register_direction_getter,
 )
+from mriflow.track.distributed import track_to_zarr
 from mriflow.track.kernels import STOP_REASONS
 from mriflow.track.seeds import random_seeds, seeds_from_mask
 from mriflow.track.sphere import sphere
@@ -31,6 +32,7 @@ from mriflow.track.stopping import (
     StoppingCriterion,
     ThresholdStopping,
 )
+from mriflow.track.store import StreamlineStore, open_tractogram
 from mriflow.track.tractogram import Tractogram, load
 
 __all__ = [
@@ -40,12 +42,14 @@ __all__ = [
     "BinaryStopping",
     "FieldArrays",
     "StoppingCriterion",
+    "StreamlineStore",
     "ThresholdStopping",
     "Tractogram",
     "TrackingJob",
     "TrackingParams",
     "direction_getter",
     "load",
+    "open_tractogram",
     "plan_tracking",
     "random_seeds",
     "register_direction_getter",
@@ -54,4 +58,5 @@ __all__ = [
     "sphere",
     "track",
     "track_batch",
+    "track_to_zarr",
 ]

@@ -1,0 +1,496 @@
+"""The zarr streamline store: a TRX-shaped tractogram written batch by batch, resumably.
+
+Layout (zarr format 3, local path or fsspec URL)::
+
+    tracts.zarr/
+      zarr.json                 attrs["mriflow_tractogram"]: the header (below)
+      positions                 (NB_VERTICES, 3) float32, RAS+ mm      } written by the
+      offsets                   (NB_STREAMLINES + 1,) uint64 (as TRX)   } final consolidation,
+      dps/seed_id               (NB_STREAMLINES,) int64                 } ordered by seed id
+      dps/stop_reason           (NB_STREAMLINES, 2) uint8 (backward, forward end)
+      dps/length                (NB_STREAMLINES,) float32, arc length in mm
+      dpv/                      per-point data (empty: none yet)
+      batch_bounds              (n_batches + 1,) int64: seed index where each batch starts
+      batches/00000012/...      while tracking: one group per batch, same arrays
+                                (``offsets`` there start at 0 in each batch)
+      batches/.mriflow-progress/0/12.done   completion marker of batch 12, written last
+
+The header holds ``VOXEL_TO_RASMM``, ``DIMENSIONS``, ``NB_STREAMLINES``, ``NB_VERTICES``
+(as TRX's header.json), ``parameters`` (everything that determines the streamlines),
+``fingerprint`` (a hash of the inputs, so a resume cannot mix two runs), ``n_batches``,
+``status`` (``"tracking"`` then ``"complete"``) and the mriflow version.
+
+Resumable writes follow DESIGN.md: no array ever grows. Each batch goes to its own group and
+its completion marker is written after all its arrays; a resume trusts markers only and
+first removes the ``*.partial`` files a killed writer leaves. Consolidation writes the final
+arrays from the batch groups (a dask computation, on the cluster when there is one), then
+sets ``status = "complete"``, then removes the batch groups. A crash at any point leaves a
+store that ``resume=True`` finishes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mriflow._version import __version__
+from mriflow.errors import (
+    IncompleteStoreError,
+    MissingFileError,
+    StoreFormatError,
+    TractogramFormatError,
+)
+from mriflow.io.zarr._store import StoreLocation, resolve_store
+from mriflow.track.tractogram import FORMATS, Tractogram
+
+__all__ = [
+    "HEADER_KEY",
+    "StreamlineStore",
+    "batch_group",
+    "consolidate",
+    "create_store",
+    "done_batches",
+    "open_tractogram",
+    "write_batch",
+]
+
+#: Root attribute holding the header.
+HEADER_KEY = "mriflow_tractogram"
+#: Points per chunk of the consolidated ``positions`` (3 MiB), streamlines per chunk of
+#: the per-streamline arrays.
+POINT_CHUNK = 1 << 18
+STREAMLINE_CHUNK = 1 << 18
+_BATCHES = "batches"
+_PER_STREAMLINE = {
+    "seed_id": ((), np.int64),
+    "stop_reason": ((2,), np.uint8),
+    "length": ((), np.float32),
+}
+
+
+def batch_group(index: int) -> str:
+    """Group path of batch ``index`` inside the store."""
+    return f"{_BATCHES}/{index:08d}"
+
+
+def _open_root(location: StoreLocation, mode: str = "r+") -> Any:
+    import zarr
+
+    return zarr.open_group(location.store, mode=mode, zarr_format=3)  # type: ignore[arg-type]
+
+
+def read_header(location: StoreLocation) -> dict[str, Any] | None:
+    """The store's header, or None when ``location`` holds no mriflow tractogram."""
+    import zarr
+
+    try:
+        root = zarr.open_group(location.store, mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+        return None
+    header = root.attrs.get(HEADER_KEY)
+    return dict(header) if isinstance(header, dict) else None
+
+
+def create_store(
+    location: StoreLocation,
+    *,
+    affine: np.ndarray,
+    dimensions: tuple[int, int, int],
+    parameters: dict[str, Any],
+    fingerprint: str,
+    batch_bounds: np.ndarray,
+) -> None:
+    """Start a new store: the header (status ``tracking``) and the batch layout."""
+    root = _open_root(location, mode="w")
+    bounds = root.create_array(
+        "batch_bounds", shape=batch_bounds.shape, dtype=np.int64, chunks=batch_bounds.shape
+    )
+    bounds[:] = batch_bounds
+    root.require_group(_BATCHES)
+    root.attrs[HEADER_KEY] = {
+        "VOXEL_TO_RASMM": [[float(v) for v in row] for row in np.asarray(affine)],
+        "DIMENSIONS": [int(d) for d in dimensions],
+        "NB_STREAMLINES": None,
+        "NB_VERTICES": None,
+        "n_batches": len(batch_bounds) - 1,
+        "parameters": parameters,
+        "fingerprint": fingerprint,
+        "status": "tracking",
+        "mriflow_version": __version__,
+    }
+
+
+def done_batches(location: StoreLocation) -> set[int]:
+    """Batches whose completion marker exists (the only thing a resume trusts)."""
+    return location.done_regions(_BATCHES, 0)
+
+
+def _write_array(group: Any, name: str, values: np.ndarray, chunk_rows: int) -> None:
+    chunks = (max(min(len(values), chunk_rows), 1), *values.shape[1:])
+    array = group.create_array(
+        name, shape=values.shape, dtype=values.dtype, chunks=chunks, overwrite=True
+    )
+    if values.size:
+        array[...] = values
+
+
+def streamline_lengths(positions: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Arc length in mm of each streamline of ``positions`` split at ``offsets`` (n + 1)."""
+    if len(offsets) <= 1:
+        return np.zeros(0, np.float32)
+    steps = np.linalg.norm(np.diff(positions.astype(np.float64), axis=0), axis=1)
+    cumulative = np.concatenate([[0.0], np.cumsum(steps)])
+    starts, ends = offsets[:-1], offsets[1:] - 1
+    return np.where(ends > starts, cumulative[ends] - cumulative[starts], 0.0).astype(np.float32)
+
+
+def write_batch(location: StoreLocation, index: int, result: dict[str, np.ndarray]) -> int:
+    """Write one batch (the flat arrays of ``track_batch``) to its group, then its marker.
+
+    Idempotent: a retried batch (worker lost, resume) overwrites the same group with the
+    same bytes. Returns the number of points written.
+    """
+    import zarr
+
+    positions = np.ascontiguousarray(result["positions"], dtype=np.float32)
+    offsets = np.ascontiguousarray(result["offsets"], dtype=np.int64)
+    group = zarr.open_group(location.store, path=batch_group(index), mode="a", zarr_format=3)
+    _write_array(group, "positions", positions, POINT_CHUNK)
+    _write_array(group, "offsets", offsets, STREAMLINE_CHUNK)
+    _write_array(group, "seed_id", np.asarray(result["seed_ids"], np.int64), STREAMLINE_CHUNK)
+    _write_array(
+        group, "stop_reason", np.asarray(result["stop_reasons"], np.uint8), STREAMLINE_CHUNK
+    )
+    _write_array(group, "length", streamline_lengths(positions, offsets), STREAMLINE_CHUNK)
+    group.attrs.update({"n_streamlines": len(offsets) - 1, "n_points": len(positions)})
+    location.mark_done(_BATCHES, 0, [index])
+    return len(positions)
+
+
+def remove_orphans(location: StoreLocation) -> list[str]:
+    """Remove the ``*.partial`` files a killed writer left anywhere in the store."""
+    return location.remove_partials("")
+
+
+def _copy_chunk(
+    where: str,
+    storage_options: dict[str, Any] | None,
+    name: str,
+    start: int,
+    stop: int,
+    row_starts: np.ndarray,
+    point_starts: np.ndarray,
+) -> None:
+    """Fill rows ``[start, stop)`` (one whole chunk) of final array ``name`` from the batch
+    groups that overlap them: an aligned write, so chunks never race."""
+    import zarr
+
+    location = resolve_store(where, storage_options=storage_options)
+    target = zarr.open_array(location.store, path=name, mode="r+")
+    source = "offsets" if name == "offsets" else name.removeprefix("dps/")
+    first = int(np.searchsorted(row_starts, start, side="right")) - 1
+    pieces = []
+    batch = first
+    while batch < len(row_starts) - 1 and row_starts[batch] < stop:
+        low = max(start, int(row_starts[batch])) - int(row_starts[batch])
+        high = min(stop, int(row_starts[batch + 1])) - int(row_starts[batch])
+        if high > low:
+            array = zarr.open_array(location.store, path=f"{batch_group(batch)}/{source}", mode="r")
+            values = np.asarray(array[low:high])
+            if name == "offsets":
+                values = values.astype(np.uint64) + np.uint64(point_starts[batch])
+            pieces.append(values)
+        batch += 1
+    if name == "offsets" and stop == target.shape[0]:
+        pieces.append(np.array([point_starts[-1]], dtype=np.uint64))
+    target[start:stop] = np.concatenate(pieces)
+
+
+def consolidate(
+    location: StoreLocation,
+    *,
+    where: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    client: Any = None,
+) -> dict[str, int]:
+    """Write the final TRX-shaped arrays from all batch groups, mark the store complete,
+    then drop the batch groups.
+
+    One task per output chunk reads the overlapping slices of the batch groups and writes
+    that chunk (on ``client``'s cluster when given, else on threads here): memory stays
+    O(chunks in flight), whatever the store's size. ``where``: the store's path or URL as
+    workers open it.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    header = read_header(location)
+    if header is None:
+        raise StoreFormatError(f"{location.name}: not a mriflow streamline store")
+    n_batches = int(header["n_batches"])
+    missing = sorted(set(range(n_batches)) - done_batches(location))
+    if missing:
+        raise IncompleteStoreError(
+            f"{location.name}: {len(missing)} of {n_batches} batches are not written (first: "
+            f"{missing[:5]}); continue with resume=True (mriflow track --resume)"
+        )
+    root = _open_root(location)
+    sizes = [dict(root[batch_group(index)].attrs) for index in range(n_batches)]
+    point_starts = np.concatenate([[0], np.cumsum([int(s["n_points"]) for s in sizes])])
+    line_starts = np.concatenate([[0], np.cumsum([int(s["n_streamlines"]) for s in sizes])])
+    n_points, n_streamlines = int(point_starts[-1]), int(line_starts[-1])
+    layout: dict[str, tuple[tuple[int, ...], Any, int]] = {
+        "positions": ((n_points, 3), np.float32, POINT_CHUNK),
+        "offsets": ((n_streamlines + 1,), np.uint64, STREAMLINE_CHUNK),
+    }
+    for name, (shape, dtype) in _PER_STREAMLINE.items():
+        layout[f"dps/{name}"] = ((n_streamlines, *shape), dtype, STREAMLINE_CHUNK)
+    jobs: list[tuple[str, int, int, np.ndarray, np.ndarray]] = []
+    for name, (shape, dtype, rows) in layout.items():
+        rows = max(min(rows, shape[0]), 1)
+        root.create_array(name, shape=shape, dtype=dtype, chunks=(rows, *shape[1:]), overwrite=True)
+        row_starts = point_starts if name == "positions" else line_starts
+        jobs.extend(
+            (name, start, min(start + rows, shape[0]), row_starts, point_starts)
+            for start in range(0, shape[0], rows)
+        )
+    root.require_group("dpv")
+    where = where if where is not None else location.root
+    if client is not None:
+        futures = [client.submit(_copy_chunk, where, storage_options, *job) for job in jobs]
+        client.gather(futures)
+    else:
+        with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 4)) as pool:
+            list(pool.map(lambda job: _copy_chunk(where, storage_options, *job), jobs))
+    header.update(NB_STREAMLINES=n_streamlines, NB_VERTICES=n_points, status="complete")
+    root.attrs[HEADER_KEY] = header
+    drop_batches(location)
+    return {"n_streamlines": n_streamlines, "n_points": n_points}
+
+
+def drop_batches(location: StoreLocation) -> None:
+    """Remove the batch groups and their markers (once the store is complete)."""
+    directory = location.path(_BATCHES)
+    if location.fs.exists(directory):
+        location.fs.rm(directory, recursive=True)
+    import zarr
+
+    zarr.open_group(location.store, path=_BATCHES, mode="a", zarr_format=3)
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class StreamlineStore:
+    """A complete streamline store opened lazily.
+
+    ``positions`` ``(n_points, 3)`` float32 RAS+ mm, ``offsets`` ``(n + 1,)`` uint64 (as
+    TRX: where each streamline starts, then the total), ``seed_ids``, ``stop_reasons`` ``(n, 2)``,
+    ``lengths`` (mm) are dask arrays over the zarr chunks; nothing is read until computed.
+    """
+
+    name: str
+    location: StoreLocation = field(repr=False)
+    header: dict[str, Any] = field(repr=False)
+
+    def _array(self, name: str) -> Any:
+        import zarr
+
+        return zarr.open_array(self.location.store, path=name, mode="r")
+
+    def _dask(self, name: str) -> Any:
+        import dask.array as da
+
+        return da.from_zarr(self._array(name))
+
+    @property
+    def positions(self) -> Any:
+        return self._dask("positions")
+
+    @property
+    def offsets(self) -> Any:
+        return self._dask("offsets")
+
+    @property
+    def seed_ids(self) -> Any:
+        return self._dask("dps/seed_id")
+
+    @property
+    def stop_reasons(self) -> Any:
+        return self._dask("dps/stop_reason")
+
+    @property
+    def lengths(self) -> Any:
+        return self._dask("dps/length")
+
+    @property
+    def affine(self) -> np.ndarray:
+        """Voxel-to-RAS+ affine of the grid the streamlines were tracked on."""
+        return np.asarray(self.header["VOXEL_TO_RASMM"], dtype=np.float64)
+
+    @property
+    def dimensions(self) -> tuple[int, int, int]:
+        """Shape of that grid."""
+        return tuple(int(d) for d in self.header["DIMENSIONS"])  # type: ignore[return-value]
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The tracking parameters the store was written with."""
+        return dict(self.header["parameters"])
+
+    @property
+    def n_points(self) -> int:
+        return int(self.header["NB_VERTICES"])
+
+    def __len__(self) -> int:
+        return int(self.header["NB_STREAMLINES"])
+
+    def __repr__(self) -> str:
+        return (
+            f"<StreamlineStore {self.name}: {len(self)} streamlines, {self.n_points} points, "
+            f"grid {self.dimensions}>"
+        )
+
+    def iter_chunks(self, streamlines: int = 100_000) -> Iterator[Tractogram]:
+        """In-memory :class:`Tractogram` pieces of at most ``streamlines`` streamlines each,
+        in order: the way to walk a store of any size in bounded memory."""
+        offsets, seed_ids = self._array("offsets"), self._array("dps/seed_id")
+        reasons, positions = self._array("dps/stop_reason"), self._array("positions")
+        total = len(self)
+        for start in range(0, total, max(int(streamlines), 1)):
+            stop = min(start + int(streamlines), total)
+            bounds = np.asarray(offsets[start : stop + 1]).astype(np.int64)
+            yield Tractogram(
+                np.asarray(positions[int(bounds[0]) : int(bounds[-1])]),
+                bounds - bounds[0],
+                np.asarray(seed_ids[start:stop]),
+                np.asarray(reasons[start:stop]),
+                self.affine,
+                self.dimensions,
+            )
+
+    def to_tractogram(self) -> Tractogram:
+        """The whole store in memory (small stores only)."""
+        pieces = list(self.iter_chunks(max(len(self), 1)))
+        if pieces:
+            return pieces[0]
+        return Tractogram(
+            np.zeros((0, 3), np.float32),
+            np.zeros(1, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros((0, 2), np.uint8),
+            self.affine,
+            self.dimensions,
+        )
+
+    def export(self, path: str | os.PathLike[str], *, streamlines_per_chunk: int = 100_000) -> Path:
+        """Write ``.trx``, ``.trk`` or ``.tck`` streaming: at most ``streamlines_per_chunk``
+        streamlines in memory at once. Written under a temporary name, then renamed."""
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix not in FORMATS:
+            raise TractogramFormatError(
+                f"{path}: unknown streamline format {suffix!r}; use one of {FORMATS}"
+            )
+        partial = path.with_name(path.name + ".partial" + suffix)
+        try:
+            if suffix == ".trx":
+                self._export_trx(partial, streamlines_per_chunk)
+            else:
+                self._export_nibabel(partial, suffix, streamlines_per_chunk)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+        return path
+
+    def _export_trx(self, path: Path, chunk: int) -> None:
+        """TRX through the format's own layout: an uncompressed zip whose members are raw
+        little-endian arrays named ``name[.columns].dtype``. trx-python builds a whole
+        file in memory maps before zipping, so members are streamed here instead; the
+        result is read back with trx-python in the tests."""
+        header = {
+            "DIMENSIONS": list(self.dimensions),
+            "VOXEL_TO_RASMM": self.affine.tolist(),
+            "NB_VERTICES": self.n_points,
+            "NB_STREAMLINES": len(self),
+        }
+        members: list[tuple[str, str, np.dtype[Any]]] = [
+            ("positions.3.float32", "positions", np.dtype("<f4")),
+            ("offsets.uint64", "offsets", np.dtype("<u8")),
+            ("dps/seed_id.int64", "dps/seed_id", np.dtype("<i8")),
+            ("dps/stop_reason.2.uint8", "dps/stop_reason", np.dtype("u1")),
+            ("dps/length.float32", "dps/length", np.dtype("<f4")),
+        ]
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+            archive.writestr("header.json", json.dumps(header))
+            for member, name, dtype in members:
+                array = self._array(name)
+                rows = array.chunks[0]  # one stored chunk per read
+                with archive.open(member, "w", force_zip64=True) as out:
+                    for start in range(0, array.shape[0], rows):
+                        block = np.asarray(array[start : start + rows]).astype(dtype, copy=False)
+                        out.write(np.ascontiguousarray(block).tobytes())
+
+    def _export_nibabel(self, path: Path, suffix: str, chunk: int) -> None:
+        import nibabel as nib
+        from nibabel.orientations import aff2axcodes
+
+        def points() -> Iterator[np.ndarray]:
+            for piece in self.iter_chunks(chunk):
+                for n in range(len(piece)):
+                    yield piece[n]
+
+        def per_streamline(name: str) -> Iterator[np.ndarray]:
+            for piece in self.iter_chunks(chunk):
+                values = piece.seed_ids[:, None] if name == "seed_id" else piece.stop_reasons
+                yield from values.astype(np.float32)
+
+        data = {}
+        if suffix == ".trk":
+            data = {
+                "seed_id": lambda: per_streamline("seed_id"),
+                "stop_reason": lambda: per_streamline("stop_reason"),
+            }
+        lazy = nib.streamlines.LazyTractogram(
+            points, data_per_streamline=data, affine_to_rasmm=np.eye(4)
+        )
+        if suffix == ".trk":
+            zooms = np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+            header = {
+                nib.streamlines.Field.VOXEL_TO_RASMM: self.affine,
+                nib.streamlines.Field.DIMENSIONS: np.asarray(self.dimensions, np.int16),
+                nib.streamlines.Field.VOXEL_SIZES: zooms.astype(np.float32),
+                nib.streamlines.Field.VOXEL_ORDER: "".join(aff2axcodes(self.affine)),
+            }
+            nib.streamlines.TrkFile(lazy, header=header).save(str(path))
+        else:
+            nib.streamlines.TckFile(lazy).save(str(path))
+
+
+def open_tractogram(
+    store: str | os.PathLike[str] | Any, *, storage_options: dict[str, Any] | None = None
+) -> StreamlineStore:
+    """Open a streamline store written by :func:`mriflow.track.track_to_zarr`, lazily."""
+    location = resolve_store(store, storage_options=storage_options, read_only=True)
+    if location.local and not Path(location.root).exists():
+        raise MissingFileError(f"{location.name}: no such streamline store")
+    header = read_header(location)
+    if header is None:
+        raise StoreFormatError(
+            f"{location.name}: not a mriflow streamline store (no {HEADER_KEY!r} header); "
+            "write one with mriflow.track.track_to_zarr"
+        )
+    if header.get("status") != "complete":
+        raise IncompleteStoreError(
+            f"{location.name}: tracking was interrupted ({len(done_batches(location))} of "
+            f"{header.get('n_batches')} batches written); finish it with "
+            "track_to_zarr(..., resume=True) or `mriflow track ... --resume`"
+        )
+    return StreamlineStore(location.name, location, header)
