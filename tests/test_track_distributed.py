@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from track_store_jobs import OPTIONS, inputs
+from track_store_jobs import FIELDS_FILE, OPTIONS, inputs
 
 import mriflow.track as mt
 from mriflow.errors import (
@@ -46,6 +46,16 @@ def tree(store: Path) -> dict[str, bytes]:
 def markers(store: Path) -> int:
     folder = store / MARKERS
     return len(list(folder.glob("*.done"))) if folder.exists() else 0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_fields(tmp_path_factory):
+    """Every process of this module (the killed client too) reads the same fields."""
+    os.environ[FIELDS_FILE] = str(tmp_path_factory.mktemp("fields") / "fields.pickle")
+    inputs.cache_clear()
+    inputs()
+    yield
+    os.environ.pop(FIELDS_FILE, None)
 
 
 @pytest.fixture(scope="module")
