@@ -1,4 +1,5 @@
-"""Derived outputs carry no patient identity from DICOM: grep every byte written and logged."""
+"""Derived outputs carry no patient identity from DICOM: grep every byte written and logged
+(NIfTI, zarr, .trk/.tck/.trx, console, logs)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,20 @@ def test_no_identity_in_any_output(tmp_path, caplog, capsys):
     image.mri.to_nifti(outputs / "series.nii")
     mriflow.to_zarr(image, outputs / "series.zarr")
     mriflow.to_zarr(mriflow.open_zarr(outputs / "series.zarr"), outputs / "copy.zarr")
+    import numpy as np
+
+    from mriflow.track import Tractogram
+
+    tracts = Tractogram(  # streamlines on the DICOM series' grid: headers come from it
+        positions=np.array([[0, 0, 0], [1, 1, 1], [2, 2, 2]], np.float32),
+        offsets=np.array([0, 3], np.int64),
+        seed_ids=np.array([0], np.int64),
+        stop_reasons=np.zeros((1, 2), np.uint8),
+        affine=image.mri.affine,
+        dimensions=tuple(int(n) for n in image.mri.grid_shape),
+    )
+    for suffix in (".trk", ".tck", ".trx"):
+        tracts.save(outputs / f"tracts{suffix}")
     assert main(["-vv", "info", str(tmp_path / "dicom")]) == 0
     assert main(["-vv", "dicom", str(tmp_path / "dicom")]) == 0
 
@@ -53,6 +68,11 @@ def test_no_identity_in_any_output(tmp_path, caplog, capsys):
         raw = path.read_bytes()
         if path.suffix == ".gz":
             raw = gzip.decompress(raw)
+        if path.suffix == ".trx":  # a zip: read every member
+            import zipfile
+
+            with zipfile.ZipFile(path) as archive:
+                raw = b"".join(archive.read(name) for name in archive.namelist())
         texts[str(path)] = raw.decode("latin-1")
     assert len(texts) > 6
     for where, text in texts.items():
