@@ -440,7 +440,6 @@ class StreamlineStore:
 
     def _export_nibabel(self, path: Path, suffix: str, chunk: int) -> None:
         import nibabel as nib
-        from nibabel.orientations import aff2axcodes
 
         def points() -> Iterator[np.ndarray]:
             for piece in self.iter_chunks(chunk):
@@ -462,13 +461,9 @@ class StreamlineStore:
             points, data_per_streamline=data, affine_to_rasmm=np.eye(4)
         )
         if suffix == ".trk":
-            zooms = np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
-            header = {
-                nib.streamlines.Field.VOXEL_TO_RASMM: self.affine,
-                nib.streamlines.Field.DIMENSIONS: np.asarray(self.dimensions, np.int16),
-                nib.streamlines.Field.VOXEL_SIZES: zooms.astype(np.float32),
-                nib.streamlines.Field.VOXEL_ORDER: "".join(aff2axcodes(self.affine)),
-            }
+            from mriflow.track.tractogram import trk_header
+
+            header = trk_header(self.affine, self.dimensions)
             nib.streamlines.TrkFile(lazy, header=header).save(str(path))
         else:
             nib.streamlines.TckFile(lazy).save(str(path))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +23,20 @@ __all__ = ["FORMATS", "Tractogram", "load"]
 
 #: File extensions :meth:`Tractogram.save` and :func:`load` handle.
 FORMATS = (".trk", ".tck", ".trx")
+
+
+def trk_header(affine: np.ndarray, dimensions: tuple[int, int, int]) -> dict[Any, Any]:
+    """The .trk header fields of streamlines in RAS mm on the grid ``affine``/``dimensions``."""
+    import nibabel as nib
+    from nibabel.orientations import aff2axcodes
+
+    zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    return {
+        nib.streamlines.Field.VOXEL_TO_RASMM: np.asarray(affine),
+        nib.streamlines.Field.DIMENSIONS: np.asarray(dimensions, np.int16),
+        nib.streamlines.Field.VOXEL_SIZES: zooms.astype(np.float32),
+        nib.streamlines.Field.VOXEL_ORDER: "".join(aff2axcodes(affine)),
+    }
 
 
 @dataclass(frozen=True, eq=False)
@@ -181,17 +196,10 @@ class Tractogram:
 
     def _save_nibabel(self, path: Path, suffix: str) -> None:
         import nibabel as nib
-        from nibabel.orientations import aff2axcodes
 
         tractogram = self._nibabel_tractogram(with_data=(suffix == ".trk"))
         if suffix == ".trk":
-            zooms = np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
-            header = {
-                nib.streamlines.Field.VOXEL_TO_RASMM: self.affine,
-                nib.streamlines.Field.DIMENSIONS: np.asarray(self.dimensions, np.int16),
-                nib.streamlines.Field.VOXEL_SIZES: zooms.astype(np.float32),
-                nib.streamlines.Field.VOXEL_ORDER: "".join(aff2axcodes(self.affine)),
-            }
+            header = trk_header(self.affine, self.dimensions)
             nib.streamlines.TrkFile(tractogram, header=header).save(str(path))
         else:
             nib.streamlines.TckFile(tractogram).save(str(path))
