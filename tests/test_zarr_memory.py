@@ -49,6 +49,17 @@ def large_nifti(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndar
     return path, np.array(sums)
 
 
+def _current_rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+#: What converting may add to a worker's resident memory: chunks in flight, not the image.
+GROWTH_LIMIT = 100_000_000
+
+
 def test_conversion_larger_than_worker_memory(
     large_nifti: tuple[Path, np.ndarray], tmp_path: Path
 ) -> None:
@@ -56,15 +67,33 @@ def test_conversion_larger_than_worker_memory(
     store = tmp_path / "large.zarr"
     image_bytes = int(np.prod(SHAPE)) * 2
     assert image_bytes > 2 * WORKER_LIMIT
-    with get_client(
-        n_workers=2, threads_per_worker=1, memory_limit=WORKER_LIMIT, dashboard=False
-    ) as client:
+    # An idle worker already holds 150-270 MB of imports, depending on the environment, so
+    # dask's pause (80%) and kill (95%) thresholds of a 300 MB worker could stall or restart
+    # it before any data arrives. They are off here; the test measures what the conversion
+    # adds instead: bounded by the chunks in flight, far below the image and the limit.
+    import dask
+
+    memory_policy = {
+        "distributed.worker.memory.target": False,
+        "distributed.worker.memory.spill": False,
+        "distributed.worker.memory.pause": False,
+        "distributed.worker.memory.terminate": False,
+    }
+    with (
+        dask.config.set(memory_policy),
+        get_client(
+            n_workers=2, threads_per_worker=1, memory_limit=WORKER_LIMIT, dashboard=False
+        ) as client,
+    ):
         workers_before = set(client.scheduler_info()["workers"])
+        idle = client.run(_current_rss_bytes)
         mriflow.convert(path, store, chunks="32,32,16", compressor="lz4")
         workers_after = set(client.scheduler_info()["workers"])
         assert workers_after == workers_before  # no worker was killed and restarted
         peaks = client.run(_peak_rss_bytes)
-        assert max(peaks.values()) < WORKER_LIMIT, peaks
+        growth = {w: peaks[w] - idle[w] for w in peaks}
+        assert max(growth.values()) < GROWTH_LIMIT, (idle, peaks)
+        assert image_bytes > 8 * GROWTH_LIMIT
         stored = mriflow.open_zarr(store)
         assert stored.dtype == np.int16
         np.testing.assert_array_equal(
