@@ -7,7 +7,16 @@ from numba import njit
 
 from mriflow.fit.mapper import NUMBA_OPTIONS
 
-__all__ = ["cholesky_solve"]
+__all__ = ["cholesky_solve", "usable_signal"]
+
+
+@njit(**NUMBA_OPTIONS)
+def usable_signal(row: np.ndarray) -> bool:
+    """Whether every sample of a voxel is finite and non-negative (else it fits to NaN)."""
+    for value in row:  # noqa: SIM110 (a plain loop is what numba compiles)
+        if not (value >= 0.0 and value < np.inf):
+            return False
+    return True
 
 
 @njit(**NUMBA_OPTIONS)

@@ -16,6 +16,7 @@ import xarray as xr
 from numba import njit
 
 from mriflow.errors import FitInputError
+from mriflow.fit._kernels import usable_signal
 from mriflow.fit.gradients import DEFAULT_B0_THRESHOLD, DiffusionTable, diffusion_table
 from mriflow.fit.mapper import NUMBA_OPTIONS, map_voxels, output_attrs, split_params
 from mriflow.fit.shm import legendre_at_zero, n_coefficients, sh_degrees_orders, sh_matrix
@@ -80,12 +81,7 @@ def csa_kernel(
     n_invalid = 0
     for voxel in range(n_voxels):
         row = signal[voxel]
-        valid = True
-        for value in row:
-            if not (value >= 0.0 and value < np.inf):
-                valid = False
-                break
-        if not valid:
+        if not usable_signal(row):
             out[voxel, :] = np.nan
             n_invalid += 1
             continue

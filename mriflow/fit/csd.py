@@ -22,7 +22,7 @@ import xarray as xr
 from numba import njit
 
 from mriflow.errors import FitInputError
-from mriflow.fit._kernels import cholesky_solve
+from mriflow.fit._kernels import cholesky_solve, usable_signal
 from mriflow.fit.csa import check_sh_order, sh_coords
 from mriflow.fit.dti import MIN_SIGNAL, design_matrix, fractional_anisotropy, tensor_kernel
 from mriflow.fit.gradients import DEFAULT_B0_THRESHOLD, diffusion_table
@@ -155,12 +155,7 @@ def csd_kernel(
     n_invalid = 0
     for voxel in range(n_voxels):
         row = signal[voxel]
-        valid = True
-        for value in row:
-            if not (value >= 0.0 and value < np.inf):
-                valid = False
-                break
-        if not valid:
+        if not usable_signal(row):
             out[voxel, :] = np.nan
             n_invalid += 1
             continue
