@@ -20,6 +20,7 @@ worker died, or a resumed run all give the same bytes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -44,14 +45,18 @@ from mriflow.track.store import (
     create_store,
     done_batches,
     drop_batches,
+    is_unstarted_store,
     open_tractogram,
     read_header,
     remove_orphans,
+    reset_store,
     write_batch,
 )
 
 __all__ = ["batch_bounds", "seed_costs", "track_to_zarr"]
 
+#: Where workers get the fields from (see :func:`track_to_zarr`).
+_FIELDS_FROM = ("auto", "client", "storage")
 #: Relative cost of a seed where the stopping map already stops tracking.
 IDLE_SEED_COST = 0.02
 
@@ -92,12 +97,28 @@ def batch_bounds(costs: np.ndarray, batch_size: int) -> np.ndarray:
     return np.unique(np.concatenate(split))
 
 
-def _fingerprint(fields: FieldArrays, voxels: np.ndarray, ids: np.ndarray, params: dict) -> str:
+#: Bumped when the batch files change layout, so a resume never mixes two layouts.
+_BATCH_LAYOUT = 2
+
+
+def _fields_digest(fields: FieldArrays) -> Any:
+    """A running hash over the engine's field arrays (shape and bytes of each)."""
     digest = hashlib.blake2b(digest_size=16)
-    for array in (fields.field, fields.basis, fields.vertices, fields.stop_map, voxels, ids):
+    for array in (fields.field, fields.basis, fields.vertices, fields.stop_map):
+        digest.update(str(array.shape).encode())
+        digest.update(np.ascontiguousarray(array).data)
+    return digest
+
+
+def _fingerprint(fields: Any, voxels: np.ndarray, ids: np.ndarray, params: dict) -> str:
+    """Hash of everything that determines the store: ``fields`` (a :func:`_fields_digest`),
+    seeds, ids and parameters."""
+    digest = fields.copy()
+    for array in (voxels, ids):
         digest.update(str(array.shape).encode())
         digest.update(np.ascontiguousarray(array).data)
     digest.update(json.dumps(params, sort_keys=True).encode())
+    digest.update(f"batch layout {_BATCH_LAYOUT}".encode())
     return digest.hexdigest()
 
 
@@ -119,15 +140,33 @@ def _run_batch(
 
 
 class _Progress:
-    """A rich progress bar over batches, or nothing."""
+    """A rich progress bar over batches on stderr, or nothing."""
 
-    def __init__(self, enabled: bool, total: int, done: int) -> None:
+    def __init__(self, enabled: bool | None, total: int, done: int) -> None:
+        import sys
+
         self.bar: Any = None
+        if enabled is None:  # by default only where someone watches: a terminal
+            enabled = sys.stderr.isatty()
         if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self.bar = Progress(
-                "tracking", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+                "tracking",
+                BarColumn(),
+                MofNCompleteColumn(),
+                "batches",
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
             )
             self.bar.start()
             self.task = self.bar.add_task("batches", total=total, completed=done)
@@ -172,24 +211,130 @@ def _run_local(
 #: How many times each field set arrived in this process (by plugin name): once per
 #: worker process is the promise, checked by the tests.
 FIELD_ARRIVALS: dict[str, int] = {}
+#: How many times this process opened each field set from storage (by plugin name).
+FIELD_OPENINGS: dict[str, int] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldRecipe:
+    """How a worker opens the fields itself: the lazy (storage-backed) fields and stopping
+    criterion as the user passed them, and the options that turn them into engine arrays.
+    Pickled, it holds file names and dask graphs, not voxels."""
+
+    fields: Any
+    stopping: StoppingCriterion
+    options: dict[str, Any]
+    digest: str
+
+    def open(self) -> FieldArrays:
+        """The engine arrays, read from storage on this process's threads and checked
+        against the client's digest (so a store changed under the run cannot mix in)."""
+        import dask
+
+        affine = self.stopping.affine
+        one_seed = np.asarray(affine[:3, 3], dtype=np.float64)[None]  # voxel (0, 0, 0)
+        with dask.config.set(scheduler="threads"):
+            job = plan_tracking(self.fields, self.stopping, one_seed, **self.options)
+        if _fields_digest(job.fields).hexdigest() != self.digest:
+            raise TractogramStoreError(
+                "fields: the arrays a worker read from storage differ from the client's; "
+                "were the fit or stopping-map files changed during the run?"
+            )
+        return job.fields
+
+
+#: Dask layers that only read a zarr store and index, reorder or convert what it holds:
+#: recomputing them on a worker costs a read, never a fit.
+_READING_LAYERS = frozenset(
+    {"original-from-zarr", "from-zarr", "transpose", "getitem", "astype", "rechunk-merge",
+     "rechunk-split", "apply"}  # "apply": open_zarr's scl_slope/scl_inter scaling
+)  # fmt: skip
+
+
+def _opened_from_zarr(value: Any) -> bool:
+    """Whether every array of ``value`` (DataArray or Dataset) is a dask array that reads a
+    zarr store (e.g. :func:`mriflow.open_zarr`) and does nothing heavier."""
+    import dask.array as da
+
+    variables = list(value.data_vars.values()) if isinstance(value, xr.Dataset) else [value]
+    for variable in variables:
+        if not isinstance(variable.data, da.Array):
+            return False
+        kinds = {str(name).rsplit("-", 1)[0] for name in variable.data.dask.layers}
+        if "from-zarr" not in kinds or not kinds <= _READING_LAYERS:
+            return False
+    return bool(variables)
+
+
+def _field_recipe(
+    fields_from: str,
+    fields: Any,
+    stopping: StoppingCriterion,
+    options: dict[str, Any],
+    arrays: FieldArrays,
+    digest: str,
+) -> FieldRecipe | None:
+    """The :class:`FieldRecipe` workers open the fields with, or None to send the arrays.
+
+    ``fields_from``: ``"storage"`` always opens (the inputs must be lazy, file-backed dask
+    arrays every worker can read); ``"client"`` always sends; ``"auto"`` opens when the
+    fields and the stopping map were opened from zarr stores (:func:`_opened_from_zarr`).
+    """
+    if fields_from == "client":
+        return None
+    if fields_from == "auto" and not (
+        _opened_from_zarr(fields) and _opened_from_zarr(stopping.image)
+    ):
+        return None
+    recipe = FieldRecipe(fields, stopping, options, digest)
+    if fields_from == "storage":
+        from distributed.protocol import pickle as dask_pickle
+
+        size = len(dask_pickle.dumps(recipe))
+        engine_bytes = arrays.field.nbytes + arrays.stop_map.nbytes
+        if size * 4 > engine_bytes:
+            raise TrackingInputError(
+                f"fields_from: 'storage' needs fields and a stopping map read lazily from "
+                f"files (mriflow.open_zarr, open_image); these would send {size} bytes "
+                f"per worker, about their own size ({engine_bytes} bytes)"
+            )
+    return recipe
 
 
 class FieldsPlugin(WorkerPlugin):  # type: ignore[misc]
-    """A dask worker plugin carrying the fields: sent once to every worker, and to every
-    worker that joins later (a replacement for one that died). Tasks name it, never carry
-    it.
+    """A dask worker plugin giving tasks the fields: either carrying the arrays (sent once
+    to every worker, and to every worker that joins later, e.g. a replacement for one that
+    died) or carrying a :class:`FieldRecipe` with which each worker opens them from
+    storage once, on its first task. Tasks name the plugin, never carry the fields.
 
     A plugin rather than ``scatter(broadcast=True)``: the scheduler's active memory manager
     drops "extra" replicas of scattered data, and tasks then fetched the fields again
     (seen in the tests). Unregistering it at the end of the run frees the fields.
     """
 
-    def __init__(self, name: str, fields: FieldArrays) -> None:
+    def __init__(
+        self, name: str, fields: FieldArrays | None = None, recipe: FieldRecipe | None = None
+    ) -> None:
         self.name = name
         self.fields = fields
+        self.recipe = recipe
 
     def setup(self, worker: Any) -> None:
-        FIELD_ARRIVALS[self.name] = FIELD_ARRIVALS.get(self.name, 0) + 1
+        import threading
+
+        self._lock = threading.Lock()
+        if self.fields is not None:
+            FIELD_ARRIVALS[self.name] = FIELD_ARRIVALS.get(self.name, 0) + 1
+
+    def arrays(self) -> FieldArrays:
+        """The fields (opened from storage by the first task that needs them)."""
+        if self.fields is None:
+            with self._lock:
+                if self.fields is None:
+                    assert self.recipe is not None
+                    self.fields = self.recipe.open()
+                    FIELD_OPENINGS[self.name] = FIELD_OPENINGS.get(self.name, 0) + 1
+        return self.fields
 
 
 def _run_batch_on_worker(plugin: str, *args: Any) -> tuple[int, int, int]:
@@ -197,24 +342,27 @@ def _run_batch_on_worker(plugin: str, *args: Any) -> tuple[int, int, int]:
     from distributed import get_worker
 
     holder: Any = get_worker().plugins[plugin]
-    return _run_batch(holder.fields, *args)
+    return _run_batch(holder.arrays(), *args)
 
 
 def _run_cluster(
     client: Any,
     submit_args: list[tuple[Any, ...]],
     fields: FieldArrays,
+    recipe: FieldRecipe | None,
     token: str,
     on_done: Callable[[], None],
 ) -> None:
-    """Batches as tasks on ``client``'s cluster, fields sent once per worker, a bounded
-    window of tasks in flight so the client never holds more than that many."""
+    """Batches as tasks on ``client``'s cluster, fields sent (or opened from storage) once
+    per worker, a bounded window of tasks in flight so the client never holds more than
+    that many."""
     import uuid
 
     from distributed import as_completed
 
     plugin = f"mriflow-fields-{token}-{uuid.uuid4().hex[:8]}"
-    client.register_plugin(FieldsPlugin(plugin, fields), name=plugin)
+    carrier = FieldsPlugin(plugin, recipe=recipe) if recipe else FieldsPlugin(plugin, fields)
+    client.register_plugin(carrier, name=plugin)
     window = max(4 * sum(client.nthreads().values()), 8)
     queue = iter(submit_args)
 
@@ -262,7 +410,8 @@ def track_to_zarr(
     client: Any = None,
     resume: bool = False,
     overwrite: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
+    fields_from: str = "auto",
     storage_options: dict[str, Any] | None = None,
 ) -> StreamlineStore:
     """Track ``seeds`` like :func:`mriflow.track.track`, batch by batch on a dask cluster,
@@ -275,29 +424,43 @@ def track_to_zarr(
     store written with the same inputs, skipping batches marked complete; ``overwrite=True``
     replaces an existing store. ``rng`` keys the per-seed random streams: the same inputs
     and ``rng`` give the same store, byte for byte, whatever the cluster or batching.
+
+    Fields reach each worker once: sent from this process inside a worker plugin
+    (``fields_from="client"``), or opened from their zarr store by each worker
+    (``"storage"``: only a few kB of file names and dask graph travel; workers must reach
+    the store). ``"auto"`` opens from storage when ``fields`` and the stopping map were
+    opened with :func:`mriflow.open_zarr` (and only indexed since), else sends. Either way
+    the workers' arrays are checked to hash the same as this process's.
+    ``progress``: a progress bar over batches on stderr; None shows it only when stderr is
+    a terminal.
     """
     if int(batch_size) < 1:
         raise TrackingInputError(f"batch_size: must be a positive integer, got {batch_size}")
+    if fields_from not in _FIELDS_FROM:
+        raise TrackingInputError(f"fields_from: must be one of {_FIELDS_FROM}, got {fields_from!r}")
     if rng is None or int(rng) < 0:
         raise TrackingInputError(
             f"rng: track_to_zarr needs a fixed non-negative integer key (resumes and retries "
             f"must draw the same streams), got {rng}"
         )
-    job = plan_tracking(
-        fields,
-        stopping,
-        seeds,
-        method=method,
-        direction_getter=direction_getter,
-        step_size=step_size,
-        max_angle=max_angle,
-        pmf_threshold=pmf_threshold,
-        min_length=min_length,
-        max_length=max_length,
-        sphere=sphere,
-        rng=int(rng),
-        n_threads=1,  # one batch per worker thread
-    )
+    import dask
+
+    options = {
+        "method": method,
+        "direction_getter": direction_getter,
+        "step_size": step_size,
+        "max_angle": max_angle,
+        "pmf_threshold": pmf_threshold,
+        "min_length": min_length,
+        "max_length": max_length,
+        "sphere": sphere,
+        "rng": int(rng),
+        "n_threads": 1,  # one batch per worker thread
+    }
+    reading = _opened_from_zarr(fields) and _opened_from_zarr(stopping.image)
+    # Fields read from a store are read here by threads, not moved through a cluster.
+    with dask.config.set(scheduler="threads") if reading else contextlib.nullcontext():
+        job = plan_tracking(fields, stopping, seeds, **options)
     arrays, voxels, ids, params = job.fields, job.seeds_voxel, job.seed_ids, job.params
     stop_map, affine = arrays.stop_map, job.affine
     described = {
@@ -312,11 +475,15 @@ def track_to_zarr(
         },
     }
     described["stopping_params"] = list(params.stopping_params)
-    fingerprint = _fingerprint(arrays, voxels, ids, described)
+    fields_digest = _fields_digest(arrays)
+    fingerprint = _fingerprint(fields_digest, voxels, ids, described)
 
     location = resolve_store(store, storage_options=storage_options)
     header = read_header(location)
     exists = location.fs.exists(location.root) and bool(location.fs.ls(location.root))
+    if resume and header is None and exists and is_unstarted_store(location):
+        exists = False  # killed while starting: start over (reset_store below)
+        reset_store(location)
     if header is not None and resume:
         if header.get("fingerprint") != fingerprint:
             raise TractogramStoreError(
@@ -333,7 +500,7 @@ def track_to_zarr(
         costs = seed_costs(stop_map, params.stopping_check, params.stopping_params, voxels)
         bounds = batch_bounds(costs, int(batch_size))
         if exists:
-            location.fs.rm(location.root, recursive=True)
+            reset_store(location)
         create_store(
             location,
             affine=affine,
@@ -373,13 +540,18 @@ def track_to_zarr(
         for index in range(len(bounds) - 1)
         if index not in done
     ]
+    client = client if client is not None else _default_client()
+    recipe = None
+    if client is not None and todo:
+        recipe = _field_recipe(
+            fields_from, fields, stopping, options, arrays, fields_digest.hexdigest()
+        )
     bar = _Progress(progress, len(bounds) - 1, len(done))
     try:
-        client = client if client is not None else _default_client()
         if client is None:
             _run_local(todo, arrays, bar.advance)
-        else:
-            _run_cluster(client, todo, arrays, fingerprint[:12], bar.advance)
+        elif todo:
+            _run_cluster(client, todo, arrays, recipe, fingerprint[:12], bar.advance)
     finally:
         bar.close()
     consolidate(location, where=where, storage_options=storage_options, client=client)

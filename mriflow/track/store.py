@@ -11,27 +11,32 @@ Layout (zarr format 3, local path or fsspec URL)::
       dps/length                (NB_STREAMLINES,) float32, arc length in mm
       dpv/                      per-point data (empty: none yet)
       batch_bounds              (n_batches + 1,) int64: seed index where each batch starts
-      batches/00000012/...      while tracking: one group per batch, same arrays
-                                (``offsets`` there start at 0 in each batch)
-      batches/.mriflow-progress/0/12.done   completion marker of batch 12, written last
+      batches/00000012.batch    while tracking: batch 12 as one raw little-endian file, its
+                                arrays one after the other (positions, offsets starting at
+                                0, seed_id, stop_reason, length), like TRX's members
+      batches/.mriflow-progress/0/12.done   completion marker of batch 12, written last;
+                                it holds the batch's counts as JSON
 
 The header holds ``VOXEL_TO_RASMM``, ``DIMENSIONS``, ``NB_STREAMLINES``, ``NB_VERTICES``
 (as TRX's header.json), ``parameters`` (everything that determines the streamlines),
 ``fingerprint`` (a hash of the inputs, so a resume cannot mix two runs), ``n_batches``,
 ``status`` (``"tracking"`` then ``"complete"``) and the mriflow version.
 
-Resumable writes follow DESIGN.md: no array ever grows. Each batch goes to its own group and
-its completion marker is written after all its arrays; a resume trusts markers only and
-first removes the ``*.partial`` files a killed writer leaves. Consolidation writes the final
-arrays from the batch groups (a dask computation, on the cluster when there is one), then
-sets ``status = "complete"``, then removes the batch groups. A crash at any point leaves a
-store that ``resume=True`` finishes.
+Resumable writes follow DESIGN.md: no array ever grows. Each batch is one file, written
+under a temporary name and renamed, and its completion marker is written after it; a resume
+trusts markers only and first removes the ``*.partial`` files a killed writer leaves. The
+header is written last when a store is started, so a store without one was killed while
+starting and is started over. Consolidation copies the batch files into the final arrays
+(one task per output chunk, reading only the byte ranges it needs, on the cluster when
+there is one), then sets ``status = "complete"``, then removes the batch files. A crash at
+any point leaves a store that ``resume=True`` finishes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import uuid
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -47,16 +52,20 @@ from mriflow.errors import (
     StoreFormatError,
     TractogramFormatError,
 )
-from mriflow.io.zarr._store import StoreLocation, resolve_store
+from mriflow.io.zarr._store import PROGRESS_DIR, StoreLocation, resolve_store
 from mriflow.track.tractogram import FORMATS, Tractogram
 
 __all__ = [
     "HEADER_KEY",
     "StreamlineStore",
-    "batch_group",
+    "batch_counts",
+    "batch_file",
     "consolidate",
     "create_store",
     "done_batches",
+    "is_unstarted_store",
+    "read_batch_rows",
+    "reset_store",
     "open_tractogram",
     "write_batch",
 ]
@@ -68,6 +77,12 @@ HEADER_KEY = "mriflow_tractogram"
 POINT_CHUNK = 1 << 18
 STREAMLINE_CHUNK = 1 << 18
 _BATCHES = "batches"
+_BATCH_SUFFIX = ".batch"
+_MARKERS = f"{_BATCHES}/{PROGRESS_DIR}/0"
+#: Every name a store holds at its top level.
+_OWN_NAMES = frozenset(
+    {"zarr.json", "positions", "offsets", "dps", "dpv", "batch_bounds", _BATCHES}
+)
 _PER_STREAMLINE = {
     "seed_id": ((), np.int64),
     "stop_reason": ((2,), np.uint8),
@@ -75,9 +90,9 @@ _PER_STREAMLINE = {
 }
 
 
-def batch_group(index: int) -> str:
-    """Group path of batch ``index`` inside the store."""
-    return f"{_BATCHES}/{index:08d}"
+def batch_file(index: int) -> str:
+    """Path of batch ``index``'s file inside the store."""
+    return f"{_BATCHES}/{index:08d}{_BATCH_SUFFIX}"
 
 
 def _open_root(location: StoreLocation, mode: str = "r+") -> Any:
@@ -98,6 +113,34 @@ def read_header(location: StoreLocation) -> dict[str, Any] | None:
     return dict(header) if isinstance(header, dict) else None
 
 
+def is_unstarted_store(location: StoreLocation) -> bool:
+    """Whether ``location`` holds only what a store killed while starting (or while being
+    replaced) leaves: no header, nothing but this module's own names. Such a store can be
+    started over; anything else is the user's and is never removed."""
+    if read_header(location) is not None:
+        return False
+    try:
+        names = location.fs.ls(location.root, detail=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    for name in names:
+        base = name.rstrip("/").rsplit("/", 1)[-1]
+        if base not in _OWN_NAMES and not base.endswith(".partial"):
+            return False
+    return True
+
+
+def reset_store(location: StoreLocation) -> None:
+    """Remove a store: its root ``zarr.json`` (the header) first, so that a kill part way
+    leaves a store without header (:func:`is_unstarted_store`), never a header whose arrays
+    are gone."""
+    header = location.path("zarr.json")
+    if location.fs.exists(header):
+        location.fs.rm_file(header)
+    if location.fs.exists(location.root):
+        location.fs.rm(location.root, recursive=True)
+
+
 def create_store(
     location: StoreLocation,
     *,
@@ -107,7 +150,7 @@ def create_store(
     fingerprint: str,
     batch_bounds: np.ndarray,
 ) -> None:
-    """Start a new store: the header (status ``tracking``) and the batch layout."""
+    """Start a new store: the batch layout, then the header (status ``tracking``) last."""
     root = _open_root(location, mode="w")
     bounds = root.create_array(
         "batch_bounds", shape=batch_bounds.shape, dtype=np.int64, chunks=batch_bounds.shape
@@ -132,15 +175,6 @@ def done_batches(location: StoreLocation) -> set[int]:
     return location.done_regions(_BATCHES, 0)
 
 
-def _write_array(group: Any, name: str, values: np.ndarray, chunk_rows: int) -> None:
-    chunks = (max(min(len(values), chunk_rows), 1), *values.shape[1:])
-    array = group.create_array(
-        name, shape=values.shape, dtype=values.dtype, chunks=chunks, overwrite=True
-    )
-    if values.size:
-        array[...] = values
-
-
 def streamline_lengths(positions: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Arc length in mm of each streamline of ``positions`` split at ``offsets`` (n + 1)."""
     if len(offsets) <= 1:
@@ -151,27 +185,83 @@ def streamline_lengths(positions: np.ndarray, offsets: np.ndarray) -> np.ndarray
     return np.where(ends > starts, cumulative[ends] - cumulative[starts], 0.0).astype(np.float32)
 
 
+def _sections(
+    n_points: int, n_streamlines: int
+) -> dict[str, tuple[int, np.dtype[Any], tuple[int, ...]]]:
+    """Where each array of a batch file starts (bytes), its dtype and its row shape."""
+    rows = {
+        "positions": (n_points, np.dtype("<f4"), (3,)),
+        "offsets": (n_streamlines + 1, np.dtype("<i8"), ()),
+        "seed_id": (n_streamlines, np.dtype("<i8"), ()),
+        "stop_reason": (n_streamlines, np.dtype("u1"), (2,)),
+        "length": (n_streamlines, np.dtype("<f4"), ()),
+    }
+    layout, start = {}, 0
+    for name, (count, dtype, shape) in rows.items():
+        layout[name] = (start, dtype, shape)
+        start += count * dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    return layout
+
+
+def _put(location: StoreLocation, relative: str, payload: bytes) -> None:
+    """Write a whole file at once: under a unique temporary name then renamed (local), or
+    as one object (fsspec stores write an object whole)."""
+    target = location.path(relative)
+    if location.local:
+        staging = f"{target}.{uuid.uuid4().hex[:12]}.partial"
+        Path(staging).parent.mkdir(parents=True, exist_ok=True)
+        Path(staging).write_bytes(payload)
+        os.replace(staging, target)
+    else:
+        location.fs.pipe_file(target, payload)
+
+
 def write_batch(location: StoreLocation, index: int, result: dict[str, np.ndarray]) -> int:
-    """Write one batch (the flat arrays of ``track_batch``) to its group, then its marker.
+    """Write one batch (the flat arrays of ``track_batch``) as one file, then its marker
+    (holding the batch's counts).
 
-    Idempotent: a retried batch (worker lost, resume) overwrites the same group with the
-    same bytes. Returns the number of points written.
+    Idempotent: a retried batch (worker lost, resume) writes the same bytes again. Returns
+    the number of points written.
     """
-    import zarr
-
-    positions = np.ascontiguousarray(result["positions"], dtype=np.float32)
-    offsets = np.ascontiguousarray(result["offsets"], dtype=np.int64)
-    group = zarr.open_group(location.store, path=batch_group(index), mode="a", zarr_format=3)
-    _write_array(group, "positions", positions, POINT_CHUNK)
-    _write_array(group, "offsets", offsets, STREAMLINE_CHUNK)
-    _write_array(group, "seed_id", np.asarray(result["seed_ids"], np.int64), STREAMLINE_CHUNK)
-    _write_array(
-        group, "stop_reason", np.asarray(result["stop_reasons"], np.uint8), STREAMLINE_CHUNK
+    positions = np.ascontiguousarray(result["positions"], dtype="<f4")
+    offsets = np.ascontiguousarray(result["offsets"], dtype="<i8")
+    arrays = (
+        positions,
+        offsets,
+        np.ascontiguousarray(result["seed_ids"], dtype="<i8"),
+        np.ascontiguousarray(result["stop_reasons"], dtype="u1"),
+        streamline_lengths(positions, offsets).astype("<f4"),
     )
-    _write_array(group, "length", streamline_lengths(positions, offsets), STREAMLINE_CHUNK)
-    group.attrs.update({"n_streamlines": len(offsets) - 1, "n_points": len(positions)})
-    location.mark_done(_BATCHES, 0, [index])
+    _put(location, batch_file(index), b"".join(array.tobytes() for array in arrays))
+    counts = {"n_streamlines": len(offsets) - 1, "n_points": len(positions)}
+    _put(location, f"{_MARKERS}/{index}.done", json.dumps(counts).encode())
     return len(positions)
+
+
+def batch_counts(location: StoreLocation, indices: range) -> list[dict[str, int]]:
+    """Counts (``n_streamlines``, ``n_points``) of written batches, from their markers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def read(index: int) -> dict[str, int]:
+        with location.fs.open(location.path(f"{_MARKERS}/{index}.done"), "rb") as stream:
+            return dict(json.loads(stream.read()))
+
+    if location.local or len(indices) < 8:
+        return [read(index) for index in indices]
+    with ThreadPoolExecutor(max_workers=16) as pool:  # remote: latency-bound small reads
+        return list(pool.map(read, indices))
+
+
+def read_batch_rows(
+    location: StoreLocation, index: int, counts: dict[str, int], name: str, low: int, high: int
+) -> np.ndarray:
+    """Rows ``[low, high)`` of array ``name`` of batch ``index``: one ranged read."""
+    start, dtype, shape = _sections(int(counts["n_points"]), int(counts["n_streamlines"]))[name]
+    row_bytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    with location.fs.open(location.path(batch_file(index)), "rb") as stream:
+        stream.seek(start + low * row_bytes)
+        payload = stream.read((high - low) * row_bytes)
+    return np.frombuffer(payload, dtype=dtype).reshape(high - low, *shape)
 
 
 def remove_orphans(location: StoreLocation) -> list[str]:
@@ -185,31 +275,29 @@ def _copy_chunk(
     name: str,
     start: int,
     stop: int,
-    row_starts: np.ndarray,
-    point_starts: np.ndarray,
+    sources: list[tuple[int, dict[str, int], int, int]],
+    n_points: int,
 ) -> None:
-    """Fill rows ``[start, stop)`` (one whole chunk) of final array ``name`` from the batch
-    groups that overlap them: an aligned write, so chunks never race."""
+    """Fill rows ``[start, stop)`` (one whole chunk) of final array ``name`` from
+    ``sources``, the batches that overlap them as ``(index, counts, first row, first
+    point)``: an aligned write, so chunks never race."""
     import zarr
 
     location = resolve_store(where, storage_options=storage_options)
     target = zarr.open_array(location.store, path=name, mode="r+")
-    source = "offsets" if name == "offsets" else name.removeprefix("dps/")
-    first = int(np.searchsorted(row_starts, start, side="right")) - 1
+    source = name.removeprefix("dps/")
+    rows = "n_points" if name == "positions" else "n_streamlines"
     pieces = []
-    batch = first
-    while batch < len(row_starts) - 1 and row_starts[batch] < stop:
-        low = max(start, int(row_starts[batch])) - int(row_starts[batch])
-        high = min(stop, int(row_starts[batch + 1])) - int(row_starts[batch])
+    for index, counts, first_row, first_point in sources:
+        low = max(start, first_row) - first_row
+        high = min(stop, first_row + int(counts[rows])) - first_row
         if high > low:
-            array = zarr.open_array(location.store, path=f"{batch_group(batch)}/{source}", mode="r")
-            values = np.asarray(array[low:high])
+            values = read_batch_rows(location, index, counts, source, low, high)
             if name == "offsets":
-                values = values.astype(np.uint64) + np.uint64(point_starts[batch])
+                values = values.astype(np.uint64) + np.uint64(first_point)
             pieces.append(values)
-        batch += 1
     if name == "offsets" and stop == target.shape[0]:
-        pieces.append(np.array([point_starts[-1]], dtype=np.uint64))
+        pieces.append(np.array([n_points], dtype=np.uint64))
     target[start:stop] = np.concatenate(pieces)
 
 
@@ -220,13 +308,13 @@ def consolidate(
     storage_options: dict[str, Any] | None = None,
     client: Any = None,
 ) -> dict[str, int]:
-    """Write the final TRX-shaped arrays from all batch groups, mark the store complete,
-    then drop the batch groups.
+    """Write the final TRX-shaped arrays from all batch files, mark the store complete,
+    then drop the batch files.
 
-    One task per output chunk reads the overlapping slices of the batch groups and writes
-    that chunk (on ``client``'s cluster when given, else on threads here): memory stays
-    O(chunks in flight), whatever the store's size. ``where``: the store's path or URL as
-    workers open it.
+    One task per output chunk reads the byte ranges of the batch files that overlap it and
+    writes that chunk (on ``client``'s cluster when given, else on threads here): memory
+    stays O(chunks in flight), whatever the store's size. ``where``: the store's path or
+    URL as workers open it.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -241,9 +329,9 @@ def consolidate(
             f"{missing[:5]}); continue with resume=True (mriflow track --resume)"
         )
     root = _open_root(location)
-    sizes = [dict(root[batch_group(index)].attrs) for index in range(n_batches)]
-    point_starts = np.concatenate([[0], np.cumsum([int(s["n_points"]) for s in sizes])])
-    line_starts = np.concatenate([[0], np.cumsum([int(s["n_streamlines"]) for s in sizes])])
+    counts = batch_counts(location, range(n_batches))
+    point_starts = np.concatenate([[0], np.cumsum([int(c["n_points"]) for c in counts])])
+    line_starts = np.concatenate([[0], np.cumsum([int(c["n_streamlines"]) for c in counts])])
     n_points, n_streamlines = int(point_starts[-1]), int(line_starts[-1])
     layout: dict[str, tuple[tuple[int, ...], Any, int]] = {
         "positions": ((n_points, 3), np.float32, POINT_CHUNK),
@@ -251,19 +339,26 @@ def consolidate(
     }
     for name, (shape, dtype) in _PER_STREAMLINE.items():
         layout[f"dps/{name}"] = ((n_streamlines, *shape), dtype, STREAMLINE_CHUNK)
-    jobs: list[tuple[str, int, int, np.ndarray, np.ndarray]] = []
+    jobs: list[tuple[Any, ...]] = []
     for name, (shape, dtype, rows) in layout.items():
         rows = max(min(rows, shape[0]), 1)
         root.create_array(name, shape=shape, dtype=dtype, chunks=(rows, *shape[1:]), overwrite=True)
         row_starts = point_starts if name == "positions" else line_starts
-        jobs.extend(
-            (name, start, min(start + rows, shape[0]), row_starts, point_starts)
-            for start in range(0, shape[0], rows)
-        )
+        for start in range(0, shape[0], rows):
+            stop = min(start + rows, shape[0])
+            first = int(np.searchsorted(row_starts, start, side="right")) - 1
+            last = int(np.searchsorted(row_starts, stop, side="left"))
+            sources = [
+                (index, counts[index], int(row_starts[index]), int(point_starts[index]))
+                for index in range(max(first, 0), min(last, n_batches))
+            ]
+            jobs.append((name, start, stop, sources, n_points))
     root.require_group("dpv")
     where = where if where is not None else location.root
     if client is not None:
-        futures = [client.submit(_copy_chunk, where, storage_options, *job) for job in jobs]
+        futures = [
+            client.submit(_copy_chunk, where, storage_options, *job, pure=False) for job in jobs
+        ]
         client.gather(futures)
     else:
         with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 4)) as pool:
@@ -275,7 +370,7 @@ def consolidate(
 
 
 def drop_batches(location: StoreLocation) -> None:
-    """Remove the batch groups and their markers (once the store is complete)."""
+    """Remove the batch files and their markers (once the store is complete)."""
     directory = location.path(_BATCHES)
     if location.fs.exists(directory):
         location.fs.rm(directory, recursive=True)
