@@ -24,6 +24,7 @@ from mriflow.errors import (
     IncompleteStoreError,
     StoreFormatError,
     StoreWriteError,
+    TrackingInputError,
     TractogramFormatError,
     TractogramStoreError,
 )
@@ -177,7 +178,7 @@ def test_subprocess_scheduler_and_workers_give_the_same_store(reference, schedul
     with Client(scheduler_file=str(scheduler_file)) as client:
         mt.track_to_zarr(
             dataset, stopping, seeds, path, batch_size=BATCH, client=client,
-            progress=False, **OPTIONS,
+            fields_from="plugin", progress=False, **OPTIONS,
         )  # fmt: skip
         # Both workers tracked batches, and the fields arrived in each worker exactly once
         # (tasks name them and never carry them).
@@ -349,3 +350,108 @@ def test_cli_track_resume_and_export(tmp_path, capsys):
     assert main(["-q", "export", str(out), str(tmp_path / "cli.tck")]) == 0
     assert len(mt.load(tmp_path / "cli.tck").offsets) == len(library) + 1
     assert main(["export", str(tmp_path / "missing.zarr"), str(tmp_path / "x.trx")]) == 1
+
+
+def test_store_killed_while_starting_resumes_to_the_same_store(reference, scheduler_file, tmp_path):
+    """A client killed before the header is written (or while an old store is removed)
+    leaves a store without header: resume starts it over instead of refusing it."""
+    import zarr
+
+    _, _, expected_tree = reference
+    dataset, stopping, seeds = inputs()
+    path = tmp_path / "early.zarr"
+    job = subprocess.Popen(
+        [sys.executable, JOBS, "track", str(path), str(scheduler_file), str(BATCH)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not path.exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    job.send_signal(signal.SIGKILL)  # as soon as the store's folder appears
+    job.wait()
+    assert path.exists()
+    with pytest.raises(IncompleteStoreError):
+        mt.open_tractogram(path)
+    options = {"batch_size": BATCH, "resume": True, "progress": False, **OPTIONS}
+    mt.track_to_zarr(dataset, stopping, seeds, path, **options)
+    assert tree(path) == expected_tree
+    # The two states such a kill leaves, made exactly: only the root group's metadata (killed
+    # inside create_store), and a store whose header went first (killed while replaced).
+    zarr.open_group(tmp_path / "started.zarr", mode="w")
+    (path / "zarr.json").unlink()
+    for state in (tmp_path / "started.zarr", path):
+        with pytest.raises(StoreWriteError, match="already exists"):
+            mt.track_to_zarr(dataset, stopping, seeds, state, **{**options, "resume": False})
+        mt.track_to_zarr(dataset, stopping, seeds, state, **options)
+        assert tree(state) == expected_tree
+    # A folder holding anything else is never taken for one.
+    other = tmp_path / "other.zarr"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(StoreWriteError, match="already exists"):
+        mt.track_to_zarr(dataset, stopping, seeds, other, **options)
+    assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_workers_open_fields_from_zarr_with_identical_results(reference, tmp_path):
+    """Fields opened from a zarr fit store are opened by each worker from that store; fields
+    in memory are copied into the tracking store once and opened from there. Both give the
+    bytes of the plugin path (test above) and of the in-process run."""
+    from track_phantom import GFA_THRESHOLD
+
+    from mriflow.cluster import get_client
+    from mriflow.io.zarr import open_zarr, to_zarr
+
+    _, _, expected_tree = reference
+    dataset, in_memory_stopping, seeds = inputs()
+    fit = tmp_path / "fit.zarr"
+    to_zarr(dataset[["shm_coeff", "gfa"]], fit)
+    lazy = open_zarr(fit)
+    stopping = mt.ThresholdStopping(lazy.gfa, GFA_THRESHOLD)
+    options = {"batch_size": BATCH, "progress": False, **OPTIONS}
+
+    def counters(dask_worker):
+        from mriflow.track import distributed
+
+        return (
+            dask_worker.state.executed_count,
+            dict(distributed.FIELD_OPENINGS),
+            dict(distributed.FIELD_ARRIVALS),
+        )
+
+    with get_client(n_workers=2, threads_per_worker=1, dashboard=False) as client:
+        mt.track_to_zarr(lazy, stopping, seeds, tmp_path / "inputs.zarr", client=client, **options)
+        after_inputs = client.run(counters)
+        mt.track_to_zarr(
+            dataset, in_memory_stopping, seeds, tmp_path / "copy.zarr", client=client, **options
+        )
+        after_copy = client.run(counters)
+        with pytest.raises(TrackingInputError, match="fields_from: 'inputs' needs"):
+            mt.track_to_zarr(
+                dataset, in_memory_stopping, seeds, tmp_path / "x.zarr", client=client,
+                fields_from="inputs", **options,
+            )  # fmt: skip
+    # Each worker opened each run's fields itself, once; none was sent them.
+    for stats in (after_inputs, after_copy):
+        assert len(stats) == 2
+        for executed, _, arrived in stats.values():
+            assert executed >= 1, stats
+            assert arrived == {}, stats
+    assert [list(s[1].values()) for s in after_inputs.values()] == [[1], [1]]
+    assert [list(s[1].values()) for s in after_copy.values()] == [[1, 1], [1, 1]]
+    assert tree(tmp_path / "inputs.zarr") == expected_tree
+    assert tree(tmp_path / "copy.zarr") == expected_tree  # the copy is gone too
+    with pytest.raises(TrackingInputError, match="fields_from: must be one of"):
+        mt.track_to_zarr(lazy, stopping, seeds, tmp_path / "y.zarr", fields_from="disk")
+
+
+def test_progress_bar_on_request_and_quiet_by_default(tmp_path, capfd):
+    dataset, stopping, seeds = inputs()
+    small = {"batch_size": 50, **OPTIONS}
+    mt.track_to_zarr(dataset, stopping, seeds[:200], tmp_path / "quiet.zarr", **small)
+    assert capfd.readouterr().err == ""  # stderr is no terminal here: no bar by default
+    mt.track_to_zarr(dataset, stopping, seeds[:200], tmp_path / "bar.zarr", progress=True, **small)
+    err = capfd.readouterr().err
+    n_batches = mt.open_tractogram(tmp_path / "bar.zarr").header["n_batches"]
+    assert "tracking" in err
+    assert f"{n_batches}/{n_batches} batches" in err

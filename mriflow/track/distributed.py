@@ -56,7 +56,7 @@ from mriflow.track.store import (
 __all__ = ["batch_bounds", "seed_costs", "track_to_zarr"]
 
 #: Where workers get the fields from (see :func:`track_to_zarr`).
-_FIELDS_FROM = ("auto", "client", "storage")
+_FIELDS_FROM = ("auto", "inputs", "copy", "plugin")
 #: Relative cost of a seed where the stopping map already stops tracking.
 IDLE_SEED_COST = 0.02
 
@@ -251,6 +251,63 @@ _READING_LAYERS = frozenset(
 )  # fmt: skip
 
 
+#: Where the client leaves a copy of the engine arrays for workers to open, inside the
+#: tracking store's scratch area (removed with the batch files).
+FIELDS_COPY = "batches/fields"
+_FIELD_NAMES = ("field", "basis", "vertices", "stop_map")
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredFields:
+    """Engine arrays the client wrote once into the tracking store (uncompressed zarr,
+    :data:`FIELDS_COPY`), opened by each worker: the path for fields held in memory."""
+
+    where: str
+    storage_options: dict[str, Any] | None
+    digest: str
+
+    def open(self) -> FieldArrays:
+        """Read the arrays whole (writable, C-ordered float64), checked against the digest."""
+        import zarr
+
+        location = resolve_store(self.where, storage_options=self.storage_options)
+        arrays = {
+            name: np.ascontiguousarray(
+                zarr.open_array(location.store, path=f"{FIELDS_COPY}/{name}", mode="r")[...]
+            )
+            for name in _FIELD_NAMES
+        }
+        fields = FieldArrays(**arrays)
+        if _fields_digest(fields).hexdigest() != self.digest:
+            raise TractogramStoreError(
+                f"{location.name}: the fields copied into the store for the workers differ "
+                "from the client's; was the store changed during the run?"
+            )
+        return fields
+
+
+def write_fields_copy(location: Any, fields: FieldArrays) -> None:
+    """Write the engine arrays into the tracking store for the workers (one write, chunks
+    of whole first-axis slabs of about 8 MiB, no compression: read back at disk speed)."""
+    import zarr
+
+    group = zarr.open_group(location.store, path=FIELDS_COPY, mode="a", zarr_format=3)
+    for name in _FIELD_NAMES:
+        values: np.ndarray = getattr(fields, name)
+        slab = max(int(values[:1].nbytes), 1)
+        rows = max(min((8 << 20) // slab, values.shape[0]), 1) if values.ndim else 1
+        array = group.create_array(
+            name,
+            shape=values.shape,
+            dtype=values.dtype,
+            chunks=(rows, *values.shape[1:]) if values.ndim else (),
+            compressors=None,
+            overwrite=True,
+        )
+        if values.size:
+            array[...] = values
+
+
 def _opened_from_zarr(value: Any) -> bool:
     """Whether every array of ``value`` (DataArray or Dataset) is a dask array that reads a
     zarr store (e.g. :func:`mriflow.open_zarr`) and does nothing heavier."""
@@ -266,38 +323,43 @@ def _opened_from_zarr(value: Any) -> bool:
     return bool(variables)
 
 
-def _field_recipe(
+def _field_source(
     fields_from: str,
     fields: Any,
     stopping: StoppingCriterion,
     options: dict[str, Any],
     arrays: FieldArrays,
     digest: str,
-) -> FieldRecipe | None:
-    """The :class:`FieldRecipe` workers open the fields with, or None to send the arrays.
+    location: Any,
+    where: str,
+    storage_options: dict[str, Any] | None,
+) -> FieldRecipe | StoredFields | None:
+    """How workers get the fields: a :class:`FieldRecipe` (they open the user's zarr
+    inputs), :class:`StoredFields` (they open a copy this process writes into the tracking
+    store now), or None (the arrays travel in the worker plugin through the scheduler).
 
-    ``fields_from``: ``"storage"`` always opens (the inputs must be lazy, file-backed dask
-    arrays every worker can read); ``"client"`` always sends; ``"auto"`` opens when the
-    fields and the stopping map were opened from zarr stores (:func:`_opened_from_zarr`).
+    ``"auto"`` picks the inputs when the fields and the stopping map were opened from zarr
+    stores (:func:`_opened_from_zarr`), else the copy.
     """
-    if fields_from == "client":
+    if fields_from == "plugin":
         return None
-    if fields_from == "auto" and not (
-        _opened_from_zarr(fields) and _opened_from_zarr(stopping.image)
-    ):
-        return None
+    if fields_from == "auto":
+        lazy = _opened_from_zarr(fields) and _opened_from_zarr(stopping.image)
+        fields_from = "inputs" if lazy else "copy"
+    if fields_from == "copy":
+        write_fields_copy(location, arrays)
+        return StoredFields(where, storage_options, digest)
     recipe = FieldRecipe(fields, stopping, options, digest)
-    if fields_from == "storage":
-        from distributed.protocol import pickle as dask_pickle
+    from distributed.protocol import pickle as dask_pickle
 
-        size = len(dask_pickle.dumps(recipe))
-        engine_bytes = arrays.field.nbytes + arrays.stop_map.nbytes
-        if size * 4 > engine_bytes:
-            raise TrackingInputError(
-                f"fields_from: 'storage' needs fields and a stopping map read lazily from "
-                f"files (mriflow.open_zarr, open_image); these would send {size} bytes "
-                f"per worker, about their own size ({engine_bytes} bytes)"
-            )
+    size = len(dask_pickle.dumps(recipe))
+    engine_bytes = arrays.field.nbytes + arrays.stop_map.nbytes
+    if size * 4 > engine_bytes:
+        raise TrackingInputError(
+            f"fields_from: 'inputs' needs fields and a stopping map read lazily from files "
+            f"(mriflow.open_zarr, open_image); these would send {size} bytes per worker, "
+            f"about their own size ({engine_bytes} bytes)"
+        )
     return recipe
 
 
@@ -313,7 +375,10 @@ class FieldsPlugin(WorkerPlugin):  # type: ignore[misc]
     """
 
     def __init__(
-        self, name: str, fields: FieldArrays | None = None, recipe: FieldRecipe | None = None
+        self,
+        name: str,
+        fields: FieldArrays | None = None,
+        recipe: FieldRecipe | StoredFields | None = None,
     ) -> None:
         self.name = name
         self.fields = fields
@@ -349,7 +414,7 @@ def _run_cluster(
     client: Any,
     submit_args: list[tuple[Any, ...]],
     fields: FieldArrays,
-    recipe: FieldRecipe | None,
+    recipe: FieldRecipe | StoredFields | None,
     token: str,
     on_done: Callable[[], None],
 ) -> None:
@@ -425,11 +490,13 @@ def track_to_zarr(
     replaces an existing store. ``rng`` keys the per-seed random streams: the same inputs
     and ``rng`` give the same store, byte for byte, whatever the cluster or batching.
 
-    Fields reach each worker once: sent from this process inside a worker plugin
-    (``fields_from="client"``), or opened from their zarr store by each worker
-    (``"storage"``: only a few kB of file names and dask graph travel; workers must reach
-    the store). ``"auto"`` opens from storage when ``fields`` and the stopping map were
-    opened with :func:`mriflow.open_zarr` (and only indexed since), else sends. Either way
+    Fields reach each worker once, never with a task (``fields_from``): ``"inputs"``, each
+    worker opens the zarr stores ``fields`` and the stopping map were opened from
+    (:func:`mriflow.open_zarr`; only a few kB of file names and dask graph travel);
+    ``"copy"``, this process writes the engine arrays once into the tracking store
+    (uncompressed, removed at the end) and each worker reads them from there; ``"plugin"``,
+    the arrays travel through the scheduler inside a worker plugin. ``"auto"``: ``"inputs"``
+    when both were opened from zarr (and only indexed since), else ``"copy"``. Either way
     the workers' arrays are checked to hash the same as this process's.
     ``progress``: a progress bar over batches on stderr; None shows it only when stderr is
     a terminal.
@@ -543,9 +610,10 @@ def track_to_zarr(
     client = client if client is not None else _default_client()
     recipe = None
     if client is not None and todo:
-        recipe = _field_recipe(
-            fields_from, fields, stopping, options, arrays, fields_digest.hexdigest()
-        )
+        recipe = _field_source(
+            fields_from, fields, stopping, options, arrays, fields_digest.hexdigest(),
+            location, where, storage_options,
+        )  # fmt: skip
     bar = _Progress(progress, len(bounds) - 1, len(done))
     try:
         if client is None:

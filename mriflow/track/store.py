@@ -572,6 +572,12 @@ def open_tractogram(
     if location.local and not Path(location.root).exists():
         raise MissingFileError(f"{location.name}: no such streamline store")
     header = read_header(location)
+    if header is None and is_unstarted_store(location):
+        raise IncompleteStoreError(
+            f"{location.name}: tracking was interrupted while the store was being started "
+            "(no header yet); start it again with track_to_zarr(..., resume=True) or "
+            "`mriflow track ... --resume`"
+        )
     if header is None:
         raise StoreFormatError(
             f"{location.name}: not a mriflow streamline store (no {HEADER_KEY!r} header); "
