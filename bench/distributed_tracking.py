@@ -10,10 +10,13 @@ white-matter seeds with a usable initial direction; GFA > 0.2 stopping; step 0.5
 angle 30 deg, lengths 10 to 1000 mm). Rows:
 
 - ``track-1`` / ``track-2``: ``mriflow.track.track(..., n_threads=1 / 2)``, fields in memory;
-- ``cluster-N``: ``track_to_zarr`` on ``get_client(n_workers=N, threads_per_worker=1)``,
-  fields in memory, sent once to each worker (worker plugin);
-- ``storage-N``: the same with the fields and GFA opened lazily from a zarr fit store
-  (``open_zarr``), which each worker opens itself.
+- ``copy-N``: ``track_to_zarr`` on ``get_client(n_workers=N, threads_per_worker=1)``,
+  fields in memory: the client writes them once into the tracking store and each worker
+  reads them from there (the default for in-memory fields);
+- ``inputs-N``: the same with the fields and GFA opened lazily from a zarr fit store
+  (``open_zarr``), which each worker opens itself (the default for such fields);
+- ``plugin-N`` (not run by default): in-memory fields sent through the scheduler in a
+  worker plugin (``fields_from="plugin"``).
 
 Timing: from the call to the store being consolidated (tracking, batch writes,
 consolidation, and for ``track_to_zarr`` the client's planning and hashing); kernels are
@@ -37,7 +40,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import tracking  # noqa: E402  (the tracking benchmark: its phantom, fields and seeds)
 
-MODES = ("track-1", "track-2", "cluster-1", "cluster-2", "storage-1", "storage-2")
+MODES = ("track-1", "track-2", "copy-1", "copy-2", "inputs-1", "inputs-2")
 
 
 def peak_mib() -> float:
@@ -120,7 +123,7 @@ def child(mode: str, args: argparse.Namespace, fields: Path, store: Path) -> dic
 
     kind, count = mode.split("-")
     count = int(count)
-    data, stopping, seeds = inputs(fields, store, args.seeds, args.method, kind == "storage")
+    data, stopping, seeds = inputs(fields, store, args.seeds, args.method, kind == "inputs")
     small, small_stopping = _crop(data, stopping, seeds[0])
     _warm(small, small_stopping, seeds[:1], args.method)
     result: dict = {"mode": mode, "seeds": len(seeds)}
@@ -141,7 +144,7 @@ def child(mode: str, args: argparse.Namespace, fields: Path, store: Path) -> dic
                 start = time.perf_counter()
                 written = mt.track_to_zarr(
                     data, stopping, seeds, out, batch_size=args.batch_size, client=client,
-                    overwrite=True, progress=False, **options(args.method),
+                    overwrite=True, progress=False, fields_from=kind, **options(args.method),
                 )  # fmt: skip
                 result["seconds"] = time.perf_counter() - start
             result["worker_peak_mib"] = sorted(client.run(peak_mib).values())
@@ -154,7 +157,7 @@ def child(mode: str, args: argparse.Namespace, fields: Path, store: Path) -> dic
             points=written.n_points,
             streamlines=len(written),
             n_batches=written.header["n_batches"],
-            fields_opened=kind == "storage",
+            fields_from=kind,
         )
         result["batch_write_ms"] = _batch_write_ms(data, stopping, seeds, args)
     result["client_peak_mib"] = peak_mib()
@@ -237,7 +240,7 @@ def main() -> None:
             f"{', '.join(f'{m:,.0f}' for m in row.get('worker_peak_mib', [])) or '-'} |"
         )
     rate = {mode: row["seeds"] / row["seconds"] for mode, row in best.items()}
-    for kind in ("cluster", "storage"):
+    for kind in ("copy", "inputs", "plugin"):
         if f"{kind}-1" in rate and f"{kind}-2" in rate:
             print(
                 f"\n{kind}: scaling efficiency 2 workers / (2 x 1 worker): "
