@@ -16,6 +16,8 @@ Layout (zarr format 3, local path or fsspec URL)::
                                 0, seed_id, stop_reason, length), like TRX's members
       batches/.mriflow-progress/0/12.done   completion marker of batch 12, written last;
                                 it holds the batch's counts as JSON
+      batches/fields/*.npy      while tracking, when the fields were in the client's memory:
+                                the copy workers read them from (mriflow.track.distributed)
 
 The header holds ``VOXEL_TO_RASMM``, ``DIMENSIONS``, ``NB_STREAMLINES``, ``NB_VERTICES``
 (as TRX's header.json), ``parameters`` (everything that determines the streamlines),
