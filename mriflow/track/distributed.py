@@ -510,7 +510,7 @@ def track_to_zarr(
         )
     import dask
 
-    options = {
+    options: dict[str, Any] = {
         "method": method,
         "direction_getter": direction_getter,
         "step_size": step_size,

@@ -191,7 +191,7 @@ def _sections(
     n_points: int, n_streamlines: int
 ) -> dict[str, tuple[int, np.dtype[Any], tuple[int, ...]]]:
     """Where each array of a batch file starts (bytes), its dtype and its row shape."""
-    rows = {
+    rows: dict[str, tuple[int, np.dtype[Any], tuple[int, ...]]] = {
         "positions": (n_points, np.dtype("<f4"), (3,)),
         "offsets": (n_streamlines + 1, np.dtype("<i8"), ()),
         "seed_id": (n_streamlines, np.dtype("<i8"), ()),
