@@ -364,8 +364,9 @@ def _field_source(
 class FieldsPlugin(WorkerPlugin):  # type: ignore[misc]
     """A dask worker plugin giving tasks the fields: either carrying the arrays (sent once
     to every worker, and to every worker that joins later, e.g. a replacement for one that
-    died) or carrying a :class:`FieldRecipe` with which each worker opens them from
-    storage once, on its first task. Tasks name the plugin, never carry the fields.
+    died) or carrying how to open them (:class:`FieldRecipe`, :class:`StoredFields`),
+    which each worker does once, on its first task. Tasks name the plugin, never carry the
+    fields.
 
     A plugin rather than ``scatter(broadcast=True)``: the scheduler's active memory manager
     drops "extra" replicas of scattered data, and tasks then fetched the fields again
@@ -494,8 +495,8 @@ def track_to_zarr(
     ``"copy"``, this process writes the engine arrays once into the tracking store
     (uncompressed, removed at the end) and each worker reads them from there; ``"plugin"``,
     the arrays travel through the scheduler inside a worker plugin. ``"auto"``: ``"inputs"``
-    when both were opened from zarr (and only indexed since), else ``"copy"``. Either way
-    the workers' arrays are checked to hash the same as this process's.
+    when both were opened from zarr (and only indexed since), else ``"copy"``. Workers
+    check what they open: its hash against this process's (inputs), its shapes (copy).
     ``progress``: a progress bar over batches on stderr; None shows it only when stderr is
     a terminal.
     """
