@@ -14,6 +14,7 @@ from typing import Any
 import xarray as xr
 
 from mriflow.config import ConfigError, PipelineConfig
+from mriflow.progress import ProgressFactory, no_progress
 
 __all__ = ["run_pipeline"]
 
@@ -80,6 +81,19 @@ def _client(config: PipelineConfig, scheduler: str | None) -> Any:
 
 
 def _write(
+    config: PipelineConfig,
+    result: xr.Dataset,
+    out_dir: Path,
+    name: str,
+    resume: bool,
+    say: Say,
+    progress: ProgressFactory = no_progress,
+) -> list[Path]:
+    with progress(name):
+        return _write_outputs(config, result, out_dir, name, resume, say)
+
+
+def _write_outputs(
     config: PipelineConfig, result: xr.Dataset, out_dir: Path, name: str, resume: bool, say: Say
 ) -> list[Path]:
     from mriflow.io import to_zarr
@@ -107,14 +121,22 @@ def _write(
 
 
 def _diffusion(
-    config: PipelineConfig, dwi: xr.DataArray, mask: Any, out_dir: Path, resume: bool, say: Say
+    config: PipelineConfig,
+    dwi: xr.DataArray,
+    mask: Any,
+    out_dir: Path,
+    resume: bool,
+    say: Say,
+    progress: ProgressFactory = no_progress,
 ) -> dict[str, list[Path]]:
     from mriflow import fit
 
     outputs: dict[str, list[Path]] = {}
     model = config.fit or "dti"
     if model == "dti":
-        outputs["dti"] = _write(config, fit.dti(dwi, mask=mask), out_dir, "dti", resume, say)
+        outputs["dti"] = _write(
+            config, fit.dti(dwi, mask=mask), out_dir, "dti", resume, say, progress
+        )
         return outputs
     if model == "csa":
         odf = fit.csa(dwi, mask=mask)
@@ -122,11 +144,12 @@ def _diffusion(
         response = fit.auto_response(dwi)
         say(f"  response: evals {[round(float(e), 6) for e in response.evals]}")
         odf = fit.csd(dwi, response=response, mask=mask)
-    outputs[model] = _write(config, odf, out_dir, model, resume, say)
+    outputs[model] = _write(config, odf, out_dir, model, resume, say, progress)
     found = fit.peaks(odf)
-    outputs["peaks"] = _write(config, found, out_dir, "peaks", resume, say)
+    outputs["peaks"] = _write(config, found, out_dir, "peaks", resume, say, progress)
     if config.tracking is not None:
-        outputs["tracking"] = _tracking(config, dwi, odf, found, mask, out_dir, say)
+        with progress("tracking"):
+            outputs["tracking"] = _tracking(config, dwi, odf, found, mask, out_dir, say)
     return outputs
 
 
@@ -188,7 +211,13 @@ def _tracking(
 
 
 def _dce(
-    config: PipelineConfig, series: xr.DataArray, mask: Any, out_dir: Path, resume: bool, say: Say
+    config: PipelineConfig,
+    series: xr.DataArray,
+    mask: Any,
+    out_dir: Path,
+    resume: bool,
+    say: Say,
+    progress: ProgressFactory = no_progress,
 ) -> dict[str, list[Path]]:
     """SPGR signal -> pre-contrast T1 (VFA) -> concentration -> AIF -> kinetic model."""
     from mriflow import fit
@@ -205,7 +234,7 @@ def _dce(
     elif data.vfa:
         vfa = open_image(data.vfa, modality="dce")
         relaxometry = fit.t1_vfa(vfa, flip_angles=acq.flip_angles, tr=tr, mask=mask)
-        outputs["t1"] = _write(config, relaxometry, out_dir, "t1", resume, say)
+        outputs["t1"] = _write(config, relaxometry, out_dir, "t1", resume, say, progress)
         t1 = relaxometry["t1"]
     elif data.t10 is not None:
         t1 = data.t10
@@ -227,7 +256,9 @@ def _dce(
     kinetic = fit.dce(
         concentration, aif, model=settings.model, mask=mask, hematocrit=settings.hematocrit
     )
-    outputs[settings.model] = _write(config, kinetic, out_dir, settings.model, resume, say)
+    outputs[settings.model] = _write(
+        config, kinetic, out_dir, settings.model, resume, say, progress
+    )
     return outputs
 
 
@@ -239,10 +270,12 @@ def run_pipeline(
     scheduler: str | None = None,
     resume: bool = False,
     say: Say = print,
+    progress: ProgressFactory = no_progress,
 ) -> dict[str, list[Path]]:
     """Run ``config`` on ``source`` and write everything under ``out_dir``; returns the paths
     written per stage. Inputs are opened (and their metadata checked) before any cluster
-    starts, so a bad input fails fast."""
+    starts, so a bad input fails fast. ``progress`` makes the progress display of each stage
+    (see :func:`mriflow.progress.compute_progress`)."""
     from mriflow.io import open_image
 
     out = Path(out_dir)
@@ -257,4 +290,4 @@ def run_pipeline(
         )
     with _client(config, scheduler) as client:
         say(f"cluster {client.scheduler.address}, dashboard {client.dashboard_link}")
-        return runners[config.modality](config, image, mask, out, resume, say)
+        return runners[config.modality](config, image, mask, out, resume, say, progress)

@@ -78,6 +78,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
 def test_demo_through_the_console_script(tmp_path):
     result = console("demo", tmp_path, "--small", "--workers", "1")
     assert result.returncode == 0, result.stderr
+    assert "dashboard http" in result.stdout
+    assert "\r" not in result.stdout + result.stderr
     for name in ("fits.zarr", "tracts.trk", "streamlines.png", "colour_fa.png", "fa_RAS.nii.gz"):
         assert name in result.stdout
         assert (tmp_path / name).exists()
@@ -139,6 +141,8 @@ def test_example_configs_validate_and_run(example, phantom, dce_phantom, tmp_pat
     result = console("run", config, source, "-o", tmp_path / "out", cwd=folder)
     assert result.returncode == 0, result.stderr
     assert "done in" in result.stdout
+    assert "dashboard http" in result.stdout  # the cluster's dashboard link
+    assert "\r" not in result.stdout + result.stderr  # a pipe gets lines, no progress frames
     assert any((tmp_path / "out").iterdir())
 
 
