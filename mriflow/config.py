@@ -53,6 +53,13 @@ class AcquisitionConfig(_Section):
     tr: float | None = Field(None, gt=0, description="repetition time (ms)")
     te: float | None = Field(None, gt=0, description="echo time (ms)")
     flip_angles: list[float] | None = Field(None, description="degrees, one per VFA volume")
+    flip_angle: float | None = Field(
+        None,
+        gt=0,
+        lt=90,
+        description="DCE: degrees, of the dynamic series (default: the last of flip_angles "
+        "for NIfTI input, the headers for a DICOM study, else the sidecar)",
+    )
     field_strength: float | None = Field(None, gt=0, description="tesla")
 
 

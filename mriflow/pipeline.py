@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,23 @@ __all__ = ["run_pipeline"]
 Say = Callable[[str], None]
 
 
-def _open_input(config: PipelineConfig, source: str | Path) -> xr.DataArray:
+@dataclass
+class _Inputs:
+    """What a pipeline runs on: the main image, and the DCE study it came from, if any."""
+
+    image: xr.DataArray
+    study: Any = None
+
+
+# AcquisitionError prefixes of open_dce_study -> the config keys that set those values
+_STUDY_KEYS = {
+    "flip_angle:": ("acquisition.flip_angle", "degrees"),
+    "flip_angles:": ("acquisition.flip_angles", "degrees, one per VFA series"),
+    "repetition_time:": ("acquisition.tr", "ms"),
+}
+
+
+def _open_input(config: PipelineConfig, source: str | Path) -> _Inputs:
     """The input image of ``config``'s modality, with its acquisition parameters resolved."""
     from mriflow.io import open_image
 
@@ -31,21 +48,49 @@ def _open_input(config: PipelineConfig, source: str | Path) -> xr.DataArray:
 
         if not config.data.subject:
             raise ConfigError("data.subject: a BIDS input needs the subject to process")
-        return load_bids(
-            source,
-            subject=config.data.subject,
-            session=config.data.session,
-            modality=config.modality,
+        return _Inputs(
+            load_bids(
+                source,
+                subject=config.data.subject,
+                session=config.data.session,
+                modality=config.modality,
+            )
         )
     path = Path(source)
+    is_dicom = path.is_dir() and not path.name.endswith(".zarr")
     checks = {
         "nifti": lambda p: p.is_file(),
-        "dicom": lambda p: p.is_dir() and not p.name.endswith(".zarr"),
+        "dicom": lambda p: is_dicom,
         "zarr": lambda p: p.name.endswith(".zarr") or "://" in str(source),
     }
     if fmt in checks and not checks[fmt](path):
         raise ConfigError(f"data.format: {source} is not {fmt} input")
-    return open_image(source, modality=config.modality, acquisition=_explicit(config))
+    if config.modality == "dce" and is_dicom and fmt in ("auto", "dicom"):
+        return _dce_study(config, path)
+    return _Inputs(open_image(source, modality=config.modality, acquisition=_explicit(config)))
+
+
+def _dce_study(config: PipelineConfig, folder: Path) -> _Inputs:
+    """A DICOM study folder: the dynamic series and VFA set found from the headers."""
+    from mriflow.errors import AcquisitionError
+    from mriflow.io.dicom.study import open_dce_study
+
+    acq = config.acquisition
+    try:
+        study = open_dce_study(
+            folder,
+            flip_angle=acq.flip_angle,
+            vfa_flip_angles=acq.flip_angles,
+            repetition_time=None if acq.tr is None else acq.tr / 1000,
+        )
+    except AcquisitionError as exc:
+        message = str(exc)
+        for prefix, (key, unit) in _STUDY_KEYS.items():
+            if message.startswith(prefix):
+                detail = message.removeprefix(prefix).strip()
+                raise ConfigError(f"{key}: {detail}; set {key} in the config ({unit})") from exc
+        raise
+    return _Inputs(study.dynamic, study)
 
 
 def _explicit(config: PipelineConfig) -> dict[str, Any] | None:
@@ -59,7 +104,9 @@ def _explicit(config: PipelineConfig) -> dict[str, Any] | None:
     if config.modality == "dce":
         if acq.tr is not None:
             values["RepetitionTimeExcitation"] = acq.tr / 1000
-        if acq.flip_angles:
+        if acq.flip_angle is not None:
+            values["FlipAngle"] = acq.flip_angle
+        elif acq.flip_angles:
             values["FlipAngle"] = acq.flip_angles[-1]
     elif acq.tr is not None:
         values["RepetitionTime"] = acq.tr / 1000
@@ -122,7 +169,7 @@ def _write_outputs(
 
 def _diffusion(
     config: PipelineConfig,
-    dwi: xr.DataArray,
+    inputs: _Inputs,
     mask: Any,
     out_dir: Path,
     resume: bool,
@@ -131,6 +178,7 @@ def _diffusion(
 ) -> dict[str, list[Path]]:
     from mriflow import fit
 
+    dwi = inputs.image
     outputs: dict[str, list[Path]] = {}
     model = config.fit or "dti"
     if model == "dti":
@@ -212,7 +260,7 @@ def _tracking(
 
 def _dce(
     config: PipelineConfig,
-    series: xr.DataArray,
+    inputs: _Inputs,
     mask: Any,
     out_dir: Path,
     resume: bool,
@@ -225,15 +273,21 @@ def _dce(
     from mriflow.io import open_image
 
     settings = config.pipeline or PerfusionConfig()
+    series, study = inputs.image, inputs.study
     acq = config.acquisition
     tr = acq.tr / 1000 if acq.tr is not None else None
     outputs: dict[str, list[Path]] = {}
     data = config.data
     if data.t1_map:
         t1: Any = open_image(data.t1_map)
-    elif data.vfa:
-        vfa = open_image(data.vfa, modality="dce")
-        relaxometry = fit.t1_vfa(vfa, flip_angles=acq.flip_angles, tr=tr, mask=mask)
+    elif data.vfa or (study is not None and study.vfa is not None):
+        if data.vfa:
+            vfa = open_image(data.vfa, modality="dce")
+            angles = acq.flip_angles
+        else:
+            vfa, angles, tr = study.vfa, study.vfa_flip_angles, study.repetition_time
+            say(f"  t1: VFA set of {len(angles)} series, flip angles {angles} deg, TR {tr} s")
+        relaxometry = fit.t1_vfa(vfa, flip_angles=angles, tr=tr, mask=mask)
         outputs["t1"] = _write(config, relaxometry, out_dir, "t1", resume, say, progress)
         t1 = relaxometry["t1"]
     elif data.t10 is not None:
@@ -280,7 +334,7 @@ def run_pipeline(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    image = _open_input(config, source)
+    inputs = _open_input(config, source)
     mask = open_image(config.data.mask, kind="label") > 0 if config.data.mask else None
     runners = {"dwi": _diffusion, "dce": _dce}
     if config.modality not in runners:
@@ -290,4 +344,4 @@ def run_pipeline(
         )
     with _client(config, scheduler) as client:
         say(f"cluster {client.scheduler.address}, dashboard {client.dashboard_link}")
-        return runners[config.modality](config, image, mask, out, resume, say, progress)
+        return runners[config.modality](config, inputs, mask, out, resume, say, progress)
