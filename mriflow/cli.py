@@ -334,7 +334,7 @@ def run_command(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
     validate: Annotated[bool, typer.Option(help="Only check the config, run nothing.")] = False,
     dump_defaults: Annotated[
-        str | None, typer.Option(help="Print the default config for 'dce' or 'dwi'.")
+        str | None, typer.Option(help="Print the default config for dwi, dce, asl, dsc or ivim.")
     ] = None,
 ) -> None:
     """Run a pipeline from a YAML config; the config is validated before any work starts."""
@@ -346,7 +346,7 @@ def run_command(
         console.print(defaults_text(dump_defaults), end="", markup=False)
         return
     if config is None:
-        raise typer.BadParameter("give a pipeline config (or --dump-defaults dce|dwi)")
+        raise typer.BadParameter("give a pipeline config (or --dump-defaults dwi|dce|asl|dsc|ivim)")
     settings = load_config(config)
     if validate:
         _say(f"{config}: valid {settings.modality} pipeline")

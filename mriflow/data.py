@@ -16,9 +16,12 @@ __all__ = [
     "LABELS",
     "gradient_table",
     "oblique_affine",
+    "write_asl_phantom",
     "write_dce_dicom_study",
     "write_dce_phantom",
+    "write_dsc_phantom",
     "write_dwi_phantom",
+    "write_ivim_phantom",
 ]
 
 #: Label values of the phantom's tissue map.
@@ -388,4 +391,195 @@ def write_dce_dicom_study(
             nib.Nifti1Image(values.reshape(shape).astype(np.float32), np.eye(4)),
             paths[f"truth_{name}"],
         )
+    return paths
+
+
+def _save_nifti(
+    path: Path,
+    data: np.ndarray,
+    affine: np.ndarray,
+    sidecar: dict | None = None,
+    label: bool = False,
+) -> Path:
+    """A float32 NIfTI (uint8 label image when ``label``) with its JSON sidecar."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(data.astype(np.uint8 if label else np.float32), affine)
+    image.header.set_xyzt_units("mm", "sec")
+    if label:
+        image.header.set_intent("label")
+    nib.save(image, path)
+    if sidecar is not None:
+        path.with_name(path.name.replace(".nii.gz", ".json")).write_text(
+            json.dumps(sidecar, indent=2)
+        )
+    return path
+
+
+_PERFUSION_AFFINE = np.diag([2.0, 2.0, 3.0, 1.0])
+
+
+def write_ivim_phantom(
+    out_dir: str | Path,
+    *,
+    shape: tuple[int, int, int] = (8, 8, 2),
+    bvalues: tuple[float, ...] = (0, 10, 20, 50, 100, 200, 400, 600, 800, 1000),
+    snr: float = 50.0,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Write an IVIM phantom: ``sub-01_acq-ivim_dwi.nii.gz`` with ``.bval``/``.bvec``,
+    ``sub-01_mask.nii.gz`` and the true maps (``truth_d``, ``truth_f``, ``truth_d_star``;
+    mm²/s). D rises along ``i`` (0.7-1.5e-3), f along ``j`` (0.08-0.25), D* is 0.03."""
+    from mriflow.fit.perfusion_phantoms import ivim_signal
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    i, j, _ = np.meshgrid(*[np.linspace(0, 1, n) for n in shape], indexing="ij")
+    truth = {
+        "d": (0.0007 + 0.0008 * i).ravel(),
+        "f": (0.08 + 0.17 * j).ravel(),
+        "d_star": np.full(i.size, 0.03),
+    }
+    bvals = np.asarray(bvalues, dtype=np.float64)
+    signal = ivim_signal(bvals, 1000.0, truth["f"], truth["d"], truth["d_star"])
+    signal = np.abs(signal + rng.normal(0, 1000.0 / snr, signal.shape))
+    paths = {
+        "dwi": _save_nifti(
+            out / "sub-01_acq-ivim_dwi.nii.gz",
+            signal.reshape(*shape, bvals.size),
+            _PERFUSION_AFFINE,
+            {"EchoTime": 0.08, "RepetitionTime": 4.0},
+        )
+    }
+    paths["bval"] = out / "sub-01_acq-ivim_dwi.bval"
+    paths["bvec"] = out / "sub-01_acq-ivim_dwi.bvec"
+    np.savetxt(paths["bval"], bvals[None], fmt="%g")
+    directions = np.tile([[1.0], [0.0], [0.0]], (1, bvals.size))
+    directions[:, bvals == 0] = 0.0
+    np.savetxt(paths["bvec"], directions, fmt="%g")
+    paths["mask"] = _save_nifti(
+        out / "sub-01_mask.nii.gz", np.ones(shape), _PERFUSION_AFFINE, label=True
+    )
+    for name, values in truth.items():
+        paths[f"truth_{name}"] = _save_nifti(
+            out / f"truth_{name}.nii.gz", values.reshape(shape), _PERFUSION_AFFINE
+        )
+    return paths
+
+
+def write_dsc_phantom(
+    out_dir: str | Path,
+    *,
+    shape: tuple[int, int, int] = (8, 8, 2),
+    n_times: int = 60,
+    temporal_resolution: float = 1.0,
+    echo_time: float = 0.03,
+    arterial_peak: float = 150.0,
+    snr: float = 200.0,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Write a DSC phantom: ``sub-01_dsc.nii.gz`` (gradient-echo signal, sidecar with
+    ``RepetitionTime`` and ``EchoTime``), ``sub-01_aifmask.nii.gz`` (the arterial voxels: the
+    last ``j`` row), ``sub-01_mask.nii.gz`` (tissue: the other voxels) and the true maps
+    (``truth_rcbv``, ``truth_cbf`` in 6000 x flow, ``truth_mtt`` in s). Flow rises along
+    ``i`` (0.008-0.02 /s), MTT along ``j`` (3-6 s); the bolus arrives with the AIF, whose
+    deltaR2* peaks at ``arterial_peak`` (1/s). ``snr`` is the baseline signal over the noise
+    SD; the arterial signal at the bolus peak keeps exp(-TE x peak) (1 %) of its baseline,
+    so a noisy AIF would bias rCBV: the default keeps it measurable."""
+    from mriflow.fit.perfusion_phantoms import dsc_tissue, gamma_variate
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    times = np.arange(n_times) * temporal_resolution
+
+    def arterial(at: np.ndarray) -> np.ndarray:
+        return gamma_variate(at, 10.0, arterial_peak)
+
+    i, j, _ = np.meshgrid(*[np.linspace(0, 1, n) for n in shape], indexing="ij")
+    flow = (0.008 + 0.012 * i).ravel()
+    mtt = (3.0 + 3.0 * j).ravel()
+    tissue = dsc_tissue(times, arterial, flow, mtt, np.zeros(flow.size))
+    vessel = np.zeros(shape, dtype=bool)
+    vessel[:, -1, :] = True
+    curves = np.where(vessel.ravel()[:, None], arterial(times)[None, :], tissue)
+    signal = 1000.0 * np.exp(-echo_time * curves)
+    signal = signal + rng.normal(0, 1000.0 / snr, signal.shape)
+    paths = {
+        "dsc": _save_nifti(
+            out / "sub-01_dsc.nii.gz",
+            signal.reshape(*shape, n_times),
+            _PERFUSION_AFFINE,
+            {"RepetitionTime": temporal_resolution, "EchoTime": echo_time},
+        ),
+        "aif_mask": _save_nifti(
+            out / "sub-01_aifmask.nii.gz", vessel, _PERFUSION_AFFINE, label=True
+        ),
+        "mask": _save_nifti(out / "sub-01_mask.nii.gz", ~vessel, _PERFUSION_AFFINE, label=True),
+    }
+    truth = {"rcbv": flow * mtt, "cbf": 6000 * flow, "mtt": mtt}
+    for name, values in truth.items():
+        paths[f"truth_{name}"] = _save_nifti(
+            out / f"truth_{name}.nii.gz", values.reshape(shape), _PERFUSION_AFFINE
+        )
+    return paths
+
+
+def write_asl_phantom(
+    out_dir: str | Path,
+    *,
+    shape: tuple[int, int, int] = (8, 8, 2),
+    n_pairs: int = 10,
+    post_labeling_delay: float = 1.8,
+    labeling_duration: float = 1.8,
+    m0: float = 1500.0,
+    snr: float = 20.0,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Write a single-PLD PCASL phantom: ``sub-01_asl.nii.gz`` (``n_pairs`` control/label
+    pairs then one M0 volume), its BIDS sidecar (M0Type Included) and
+    ``sub-01_aslcontext.tsv``, ``sub-01_mask.nii.gz`` and ``truth_cbf`` (ml/100 g/min,
+    rising along ``i`` from 20 to 90; ATT 1.2 s). ``snr`` is that of one pair's difference."""
+    from mriflow.fit.perfusion_phantoms import asl_difference
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    i, _, _ = np.meshgrid(*[np.linspace(0, 1, n) for n in shape], indexing="ij")
+    cbf = (20.0 + 70.0 * i).ravel()
+    difference = asl_difference(
+        [post_labeling_delay], labeling_duration, cbf, np.full(cbf.size, 1.2), m0
+    )[:, 0]
+    control = np.full(cbf.size, 1000.0)
+    volumes, types = [], []
+    for _ in range(n_pairs):
+        volumes += [control, control - difference]
+        types += ["control", "label"]
+    volumes.append(np.full(cbf.size, m0))
+    types.append("m0scan")
+    data = np.stack(volumes, axis=1)
+    noise = rng.normal(0, difference.mean() / snr / np.sqrt(2), data.shape)
+    sidecar = {
+        "ArterialSpinLabelingType": "PCASL",
+        "PostLabelingDelay": post_labeling_delay,
+        "LabelingDuration": labeling_duration,
+        "BackgroundSuppression": False,
+        "M0Type": "Included",
+        "RepetitionTimePreparation": 4.0,
+    }
+    paths = {
+        "asl": _save_nifti(
+            out / "sub-01_asl.nii.gz",
+            (data + noise).reshape(*shape, len(types)),
+            _PERFUSION_AFFINE,
+            sidecar,
+        ),
+        "mask": _save_nifti(
+            out / "sub-01_mask.nii.gz", np.ones(shape), _PERFUSION_AFFINE, label=True
+        ),
+        "truth_cbf": _save_nifti(out / "truth_cbf.nii.gz", cbf.reshape(shape), _PERFUSION_AFFINE),
+    }
+    paths["aslcontext"] = out / "sub-01_aslcontext.tsv"
+    paths["aslcontext"].write_text("volume_type\n" + "\n".join(types) + "\n")
     return paths

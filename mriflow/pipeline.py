@@ -67,7 +67,32 @@ def _open_input(config: PipelineConfig, source: str | Path) -> _Inputs:
         raise ConfigError(f"data.format: {source} is not {fmt} input")
     if config.modality == "dce" and is_dicom and fmt in ("auto", "dicom"):
         return _dce_study(config, path)
-    return _Inputs(open_image(source, modality=config.modality, acquisition=_explicit(config)))
+    from mriflow.errors import AcquisitionError
+
+    try:
+        image = open_image(source, modality=config.modality, acquisition=_explicit(config))
+    except AcquisitionError as exc:
+        message = str(exc)
+        keys = [
+            key for bids, key in _CONFIG_KEYS.get(config.modality, {}).items() if bids in message
+        ]
+        if not keys:
+            raise
+        raise ConfigError(f"{message}; or set {keys[0]} in the config") from exc
+    return _Inputs(image)
+
+
+# BIDS keys a missing-metadata error can name -> the config key that gives the value
+_CONFIG_KEYS = {
+    "asl": {
+        "ArterialSpinLabelingType": "asl.labeling_type",
+        "PostLabelingDelay": "asl.post_labeling_delay (s)",
+        "LabelingDuration": "asl.labeling_duration (s)",
+        "BolusCutOffDelayTime": "asl.bolus_cut_off_delay_time (s)",
+    },
+    "dsc": {"EchoTime": "acquisition.te (ms)", "RepetitionTime": "acquisition.tr (ms)"},
+    "dce": {"FlipAngle": "acquisition.flip_angle (degrees)"},
+}
 
 
 def _dce_study(config: PipelineConfig, folder: Path) -> _Inputs:
@@ -110,6 +135,16 @@ def _explicit(config: PipelineConfig) -> dict[str, Any] | None:
             values["FlipAngle"] = acq.flip_angles[-1]
     elif acq.tr is not None:
         values["RepetitionTime"] = acq.tr / 1000
+    if config.modality == "asl" and config.asl is not None:
+        asl = config.asl
+        given = {
+            "ArterialSpinLabelingType": asl.labeling_type,
+            "PostLabelingDelay": asl.post_labeling_delay,
+            "LabelingDuration": asl.labeling_duration,
+            "BolusCutOffDelayTime": asl.bolus_cut_off_delay_time,
+            "LabelingEfficiency": asl.labeling_efficiency,
+        }
+        values.update({key: value for key, value in given.items() if value is not None})
     return values or None
 
 
@@ -316,6 +351,86 @@ def _dce(
     return outputs
 
 
+def _asl(
+    config: PipelineConfig,
+    inputs: _Inputs,
+    mask: Any,
+    out_dir: Path,
+    resume: bool,
+    say: Say,
+    progress: ProgressFactory = no_progress,
+) -> dict[str, list[Path]]:
+    """Control/label pairs (aslcontext) -> CBF (and ATT with several PLDs)."""
+    from mriflow import fit
+    from mriflow.config import AslConfig
+    from mriflow.io import open_image
+
+    settings = config.asl or AslConfig()
+    m0: Any = settings.m0_value
+    if settings.m0:
+        m0 = open_image(settings.m0)
+    result = fit.asl_cbf(
+        inputs.image,
+        m0=m0,
+        labeling_efficiency=settings.labeling_efficiency,
+        t1_blood=settings.t1_blood,
+        partition_coefficient=settings.partition_coefficient,
+        mask=mask,
+    )
+    return {"asl": _write(config, result, out_dir, "asl", resume, say, progress)}
+
+
+def _dsc(
+    config: PipelineConfig,
+    inputs: _Inputs,
+    mask: Any,
+    out_dir: Path,
+    resume: bool,
+    say: Say,
+    progress: ProgressFactory = no_progress,
+) -> dict[str, list[Path]]:
+    """Signal -> deltaR2* -> AIF over the arterial mask -> rCBV, oSVD CBF, MTT, Tmax."""
+    from mriflow import fit
+    from mriflow.io import open_image
+
+    settings = config.dsc
+    assert settings is not None  # the schema requires the section for DSC
+    series = inputs.image
+    arterial = open_image(settings.aif_mask, kind="label") > 0
+    with progress("aif"):
+        aif = fit.aif_from_mask(series, arterial)
+    say(f"  aif: mean signal of {aif.attrs['voxels']} arterial voxels")
+    result = fit.dsc(
+        series,
+        aif,
+        baseline=settings.baseline_frames,
+        leakage_correction=settings.leakage_correction,
+        oscillation_index=settings.oscillation_index,
+        mask=mask,
+    )
+    return {"dsc": _write(config, result, out_dir, "dsc", resume, say, progress)}
+
+
+def _ivim(
+    config: PipelineConfig,
+    inputs: _Inputs,
+    mask: Any,
+    out_dir: Path,
+    resume: bool,
+    say: Say,
+    progress: ProgressFactory = no_progress,
+) -> dict[str, list[Path]]:
+    """Multi-b diffusion series -> S0, f, D, D*."""
+    from mriflow import fit
+    from mriflow.config import IvimConfig
+
+    settings = config.ivim or IvimConfig()
+    result = fit.ivim(
+        inputs.image, method=settings.method, b_threshold=settings.b_threshold, mask=mask
+    )
+    return {"ivim": _write(config, result, out_dir, "ivim", resume, say, progress)}
+
+
 def run_pipeline(
     config: PipelineConfig,
     source: str | Path,
@@ -336,7 +451,7 @@ def run_pipeline(
     out.mkdir(parents=True, exist_ok=True)
     inputs = _open_input(config, source)
     mask = open_image(config.data.mask, kind="label") > 0 if config.data.mask else None
-    runners = {"dwi": _diffusion, "dce": _dce}
+    runners = {"dwi": _diffusion, "dce": _dce, "asl": _asl, "dsc": _dsc, "ivim": _ivim}
     if config.modality not in runners:
         raise ConfigError(
             f"modality: {config.modality!r} pipelines are not available in this version; "

@@ -1,4 +1,4 @@
-"""`mriflow run` on a DCE DICOM study folder: series found and sorted from headers alone."""
+"""`mriflow run` inputs: a DCE DICOM study sorted from headers alone; missing metadata errors."""
 
 from __future__ import annotations
 
@@ -111,3 +111,27 @@ def test_a_folder_without_a_dynamic_series(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no dynamic series" in err
     assert "t1w" in err
+
+
+def test_missing_asl_sidecar_value_names_the_config_key(tmp_path, capsys):
+    import json
+
+    from mriflow.config import load_config
+    from mriflow.data import write_asl_phantom
+    from mriflow.pipeline import _open_input
+
+    paths = write_asl_phantom(tmp_path, shape=(3, 3, 1), n_pairs=2)
+    sidecar = paths["asl"].with_name("sub-01_asl.json")
+    values = json.loads(sidecar.read_text())
+    del values["LabelingDuration"]
+    sidecar.write_text(json.dumps(values))
+    config = tmp_path / "asl.yaml"
+    config.write_text("modality: asl\ncluster: {n_workers: 1}\n")
+    assert main(["run", str(config), str(paths["asl"]), "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "sub-01_asl.json: ASL PCASL needs LabelingDuration" in err
+    assert err.endswith("or set asl.labeling_duration (s) in the config")
+    config.write_text("modality: asl\nasl: {labeling_duration: 1.8}\n")
+    image = _open_input(load_config(config), paths["asl"]).image
+    assert image.attrs["acquisition"]["labeling_duration"]["value"] == 1.8
+    assert image.attrs["acquisition"]["labeling_duration"]["source"] == "argument"
