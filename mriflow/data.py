@@ -549,7 +549,7 @@ def write_asl_phantom(
     i, _, _ = np.meshgrid(*[np.linspace(0, 1, n) for n in shape], indexing="ij")
     cbf = (20.0 + 70.0 * i).ravel()
     difference = asl_difference(
-        [post_labeling_delay], labeling_duration, cbf, np.full(cbf.size, 1.2), m0
+        np.array([post_labeling_delay]), labeling_duration, cbf, np.full(cbf.size, 1.2), m0
     )[:, 0]
     control = np.full(cbf.size, 1000.0)
     volumes, types = [], []
