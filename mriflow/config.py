@@ -41,7 +41,9 @@ class DataConfig(_Section):
     session: str | None = None
     mask: str | None = Field(None, description="path to a mask image (NIfTI/zarr)")
     vfa: str | None = Field(
-        None, description="DCE: variable-flip-angle image, one volume per angle"
+        None,
+        description="DCE: variable-flip-angle image, one volume per angle, or a DICOM folder "
+        "holding one series per flip angle",
     )
     t1_map: str | None = Field(None, description="DCE: pre-contrast T1 map (s) instead of vfa")
     t10: float | None = Field(None, gt=0, description="DCE: one pre-contrast T1 (s) for all voxels")

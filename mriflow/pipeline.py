@@ -316,13 +316,25 @@ def _dce(
     if data.t1_map:
         t1: Any = open_image(data.t1_map)
     elif data.vfa or (study is not None and study.vfa is not None):
-        if data.vfa:
-            vfa = open_image(data.vfa, modality="dce")
-            angles = acq.flip_angles
+        if data.vfa and Path(data.vfa).is_dir() and not data.vfa.endswith(".zarr"):
+            from mriflow.io.dicom.study import open_vfa_series
+
+            angles: Any
+            vfa, angles, header_tr = open_vfa_series(data.vfa, flip_angles=acq.flip_angles)
+            vfa_tr = tr if tr is not None else header_tr  # the dynamic keeps its own TR
+            if vfa_tr is None:
+                raise ConfigError(
+                    f"acquisition.tr: the VFA series in {data.vfa} have no RepetitionTime "
+                    "(0018,0080); set acquisition.tr in the config (ms)"
+                )
+            say(f"  t1: VFA set of {len(angles)} series, flip angles {angles} deg, TR {vfa_tr} s")
+        elif data.vfa:
+            vfa, angles, vfa_tr = open_image(data.vfa, modality="dce"), acq.flip_angles, tr
         else:
             vfa, angles, tr = study.vfa, study.vfa_flip_angles, study.repetition_time
+            vfa_tr = tr
             say(f"  t1: VFA set of {len(angles)} series, flip angles {angles} deg, TR {tr} s")
-        relaxometry = fit.t1_vfa(vfa, flip_angles=angles, tr=tr, mask=mask)
+        relaxometry = fit.t1_vfa(vfa, flip_angles=angles, tr=vfa_tr, mask=mask)
         outputs["t1"] = _write(config, relaxometry, out_dir, "t1", resume, say, progress)
         t1 = relaxometry["t1"]
     elif data.t10 is not None:

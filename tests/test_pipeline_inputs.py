@@ -135,3 +135,24 @@ def test_missing_asl_sidecar_value_names_the_config_key(tmp_path, capsys):
     image = _open_input(load_config(config), paths["asl"]).image
     assert image.attrs["acquisition"]["labeling_duration"]["value"] == 1.8
     assert image.attrs["acquisition"]["labeling_duration"]["source"] == "argument"
+
+
+def test_vfa_from_a_dicom_folder_with_a_single_series_dynamic(tmp_path):
+    from mriflow.config import load_config
+    from mriflow.io.dicom import open_vfa_series
+    from mriflow.pipeline import run_pipeline
+
+    paths = write_dce_dicom_study(tmp_path, per_frame=False, n_times=12, shape=(6, 5, 3))
+    vfa, angles, tr = open_vfa_series(paths["study"])
+    assert angles == [2.0, 5.0, 10.0, 15.0]
+    assert tr == pytest.approx(0.005)
+    assert vfa.sizes == {"i": 6, "j": 5, "k": 3, "volume": 4}
+    # the dynamic series' own folder holds no VFA set: data.vfa names the folder that does
+    config = tmp_path / "dce.yaml"
+    config.write_text(CONFIG.replace("FORMAT", f"dicom, vfa: {paths['study']}"))
+    outputs = run_pipeline(
+        load_config(config), paths["study"] / "dce", tmp_path / "out", say=lambda _: None
+    )
+    t1 = nib.load(next(p for p in outputs["t1"] if p.name == "t1_t1.nii.gz")).get_fdata()
+    assert np.median(np.abs(t1 - 1.4) / 1.4) < 0.05
+    assert any(p.name == "extended_tofts_ktrans.nii.gz" for p in outputs["extended_tofts"])

@@ -23,7 +23,7 @@ from mriflow.errors import AcquisitionError, ImageFormatError
 from mriflow.io.dicom.discover import DicomSeries, discover_dicom
 from mriflow.io.dicom.load import load_dicom_series
 
-__all__ = ["DceStudy", "open_dce_study"]
+__all__ = ["DceStudy", "open_dce_study", "open_vfa_series"]
 
 
 @dataclass
@@ -170,6 +170,31 @@ def open_dce_study(
     return DceStudy(dynamic, vfa, angles, tr, sources)
 
 
+def open_vfa_series(
+    directory: str | os.PathLike[str],
+    *,
+    flip_angles: Sequence[float] | None = None,
+    chunks: Any = "auto",
+) -> tuple[xr.DataArray, list[float], float | None]:
+    """The variable-flip-angle set under a folder: ``(image, flip angles, TR)`` (lazy).
+
+    The image has dims ``(i, j, k, volume)``, one volume per series in increasing header
+    flip angle, with a ``flip_angle`` coordinate; ``flip_angles`` (degrees) override the
+    headers. TR is the excitation TR in seconds from the headers (None if absent).
+    """
+    label = str(directory)
+    sets = _vfa_sets(discover_dicom(directory))
+    if not sets:
+        raise ImageFormatError(
+            f"{label}: no variable-flip-angle series (single volumes on one grid and TR with "
+            "at least two flip angles)"
+        )
+    members = max(sets, key=len)
+    vfa, angles = _stack_vfa(label, members, flip_angles, chunks, {})
+    tr = members[0].repetition_time
+    return vfa, angles, None if tr is None else tr / 1000.0
+
+
 def _open_vfa(
     label: str,
     found: Sequence[DicomSeries],
@@ -184,7 +209,16 @@ def _open_vfa(
     ]
     if not sets:
         return None, None
-    members = max(sets, key=len)
+    return _stack_vfa(label, max(sets, key=len), explicit_angles, chunks, sources)
+
+
+def _stack_vfa(
+    label: str,
+    members: Sequence[DicomSeries],
+    explicit_angles: Sequence[float] | None,
+    chunks: Any,
+    sources: dict[str, str],
+) -> tuple[xr.DataArray, list[float]]:
     if explicit_angles is not None:
         angles = [float(a) for a in explicit_angles]
         if len(angles) != len(members):
