@@ -77,7 +77,7 @@ def main() -> None:
     root = Path(arguments[0]) if arguments else Path(tempfile.mkdtemp(prefix="cli-"))
     rows: dict[str, dict] = {}
     # alternate the two kinds, several rounds, best of each: the machine is shared
-    rounds = 1 if small else 3
+    rounds = 2 if small else 3
     for round_index in range(rounds):
         kinds = (("bars (TERM=xterm)", True), ("no bars (TERM=dumb)", False))
         for name, bars in kinds if round_index % 2 == 0 else kinds[::-1]:
