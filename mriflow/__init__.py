@@ -34,7 +34,7 @@ from mriflow.errors import (
 )
 from mriflow.image import from_array
 from mriflow.io import convert, open_image, open_zarr, to_nifti, to_zarr
-from mriflow.io.dicom import DicomSeries, discover_dicom, load_dicom_series
+from mriflow.io.dicom import DicomSeries, discover_dicom, load_dicom_series, open_dce_study
 
 __all__ = [
     "AcquisitionError",
@@ -65,6 +65,7 @@ __all__ = [
     "discover_dicom",
     "from_array",
     "load_dicom_series",
+    "open_dce_study",
     "open_image",
     "to_nifti",
     "IncompleteStoreError",

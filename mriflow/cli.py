@@ -30,7 +30,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)  # paths stay whole in pipes
 _state: dict[str, Any] = {"verbose": 0, "quiet": False}
 
 
@@ -77,6 +77,17 @@ def _reports_errors(command: Callable[..., None]) -> Callable[..., None]:
 def _say(*args: Any) -> None:
     if not _state["quiet"]:
         console.print(*args)
+
+
+def _progress() -> Any:
+    """Progress bars for each stage's dask work: on a terminal, unless ``--quiet``."""
+    from mriflow.progress import terminal_progress
+
+    return terminal_progress(console, enabled=not _state["quiet"])
+
+
+def _shows_progress() -> bool:
+    return not _state["quiet"] and console.is_terminal and not console.is_dumb_terminal
 
 
 def _describe(image: Any) -> Table:
@@ -164,7 +175,14 @@ def demo(
     started = time.perf_counter()
     _say(f"[bold]mriflow demo[/] into {out_dir}/")
     shape = (24, 28, 20) if small else (48, 56, 40)
-    result = run_demo(out_dir, shape=shape, workers=workers, scheduler=scheduler, say=_say)
+    result = run_demo(
+        out_dir,
+        shape=shape,
+        workers=workers,
+        scheduler=scheduler,
+        say=_say,
+        progress=_progress(),
+    )
     _say("[bold]files[/]")
     for name, path in result["files"].items():
         _say(f"  {name:14s} {path}")
@@ -239,9 +257,13 @@ def fit_command(
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     context = get_client(scheduler) if scheduler else dask.config.set(scheduler="threads")
-    with context:
+    with context as client:
+        if scheduler:
+            _say(f"cluster {client.scheduler.address}, dashboard {client.dashboard_link}")
+        progress = _progress()
         for name, image in maps.items():
-            path = image.astype("float32").mri.to_nifti(out_dir / f"{model}_{name}.nii.gz")
+            with progress(name):
+                path = image.astype("float32").mri.to_nifti(out_dir / f"{model}_{name}.nii.gz")
             _say(f"  {name:12s} {path}")
     _say(f"done in {time.perf_counter() - started:.1f} s")
 
@@ -276,16 +298,17 @@ def convert(
 
     started = time.perf_counter()
     try:
-        written = convert_image(
-            source,
-            destination,
-            chunks=chunks,
-            compressor=compressor,
-            levels=levels,
-            zarr_format=zarr_format,
-            resume=resume,
-            overwrite=overwrite,
-        )
+        with _progress()("convert"):
+            written = convert_image(
+                source,
+                destination,
+                chunks=chunks,
+                compressor=compressor,
+                levels=levels,
+                zarr_format=zarr_format,
+                resume=resume,
+                overwrite=overwrite,
+            )
     except ValueError as exc:
         if isinstance(exc, MriflowError):
             raise
@@ -311,7 +334,7 @@ def run_command(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
     validate: Annotated[bool, typer.Option(help="Only check the config, run nothing.")] = False,
     dump_defaults: Annotated[
-        str | None, typer.Option(help="Print the default config for 'dce' or 'dwi'.")
+        str | None, typer.Option(help="Print the default config for dwi, dce, asl, dsc or ivim.")
     ] = None,
 ) -> None:
     """Run a pipeline from a YAML config; the config is validated before any work starts."""
@@ -323,7 +346,7 @@ def run_command(
         console.print(defaults_text(dump_defaults), end="", markup=False)
         return
     if config is None:
-        raise typer.BadParameter("give a pipeline config (or --dump-defaults dce|dwi)")
+        raise typer.BadParameter("give a pipeline config (or --dump-defaults dwi|dce|asl|dsc|ivim)")
     settings = load_config(config)
     if validate:
         _say(f"{config}: valid {settings.modality} pipeline")
@@ -331,7 +354,15 @@ def run_command(
     if source is None:
         raise typer.BadParameter("give the input to process after the config")
     started = time.perf_counter()
-    outputs = run_pipeline(settings, source, output, scheduler=scheduler, resume=resume, say=_say)
+    outputs = run_pipeline(
+        settings,
+        source,
+        output,
+        scheduler=scheduler,
+        resume=resume,
+        say=_say,
+        progress=_progress(),
+    )
     for stage, paths in outputs.items():
         for path in paths:
             _say(f"  {stage:10s} {path}")
@@ -404,7 +435,10 @@ def track(
     with get_client(
         scheduler, n_workers=workers, threads_per_worker=1 if workers else None
     ) as client:
-        _say(f"cluster {client.scheduler.address}, {len(seeds)} seeds")
+        _say(
+            f"cluster {client.scheduler.address}, dashboard {client.dashboard_link}, "
+            f"{len(seeds)} seeds"
+        )
         written = mt.track_to_zarr(
             dataset,
             stopping,
@@ -420,7 +454,7 @@ def track(
             client=client,
             resume=resume,
             overwrite=overwrite,
-            progress=not _state["quiet"],
+            progress=_shows_progress(),
         )
     _say(f"wrote {written!r} in {time.perf_counter() - started:.1f} s")
 

@@ -21,6 +21,8 @@ from mriflow.errors import MriflowError
 __all__ = ["ConfigError", "PipelineConfig", "default_config", "dump_defaults", "load_config"]
 
 MAX_CONFIG_BYTES = 1 << 20
+#: The modalities a pipeline config can name.
+MODALITIES = ("dwi", "dce", "asl", "dsc", "ivim")
 
 
 class ConfigError(MriflowError, ValueError):
@@ -39,7 +41,9 @@ class DataConfig(_Section):
     session: str | None = None
     mask: str | None = Field(None, description="path to a mask image (NIfTI/zarr)")
     vfa: str | None = Field(
-        None, description="DCE: variable-flip-angle image, one volume per angle"
+        None,
+        description="DCE: variable-flip-angle image, one volume per angle, or a DICOM folder "
+        "holding one series per flip angle",
     )
     t1_map: str | None = Field(None, description="DCE: pre-contrast T1 map (s) instead of vfa")
     t10: float | None = Field(None, gt=0, description="DCE: one pre-contrast T1 (s) for all voxels")
@@ -53,6 +57,13 @@ class AcquisitionConfig(_Section):
     tr: float | None = Field(None, gt=0, description="repetition time (ms)")
     te: float | None = Field(None, gt=0, description="echo time (ms)")
     flip_angles: list[float] | None = Field(None, description="degrees, one per VFA volume")
+    flip_angle: float | None = Field(
+        None,
+        gt=0,
+        lt=90,
+        description="DCE: degrees, of the dynamic series (default: the last of flip_angles "
+        "for NIfTI input, the headers for a DICOM study, else the sidecar)",
+    )
     field_strength: float | None = Field(None, gt=0, description="tesla")
 
 
@@ -71,6 +82,51 @@ class PerfusionConfig(_Section):
         if self.aif_source == "mask" and not self.aif_mask:
             raise ValueError("aif_source 'mask' needs aif_mask: the path of the arterial mask")
         return self
+
+
+class AslConfig(_Section):
+    """ASL CBF (white paper; multi-PLD: CBF and ATT). Times in seconds, as in BIDS sidecars;
+    values given here win over the sidecar."""
+
+    m0: str | None = Field(None, description="separate M0 image (default: the sidecar's M0Type)")
+    m0_value: float | None = Field(None, gt=0, description="one M0 for every voxel")
+    labeling_type: Literal["PCASL", "CASL", "PASL"] | None = None
+    post_labeling_delay: float | list[float] | None = Field(
+        None, description="s; one value, or one per volume"
+    )
+    labeling_duration: float | list[float] | None = Field(
+        None, description="s (PCASL/CASL); one value, or one per volume"
+    )
+    bolus_cut_off_delay_time: float | None = Field(None, gt=0, description="s, PASL TI1")
+    labeling_efficiency: float | None = Field(
+        None, gt=0, le=1, description="default: the white paper's for the labeling type"
+    )
+    t1_blood: float = Field(1.65, gt=0, description="s (3 T)")
+    partition_coefficient: float = Field(0.9, gt=0, description="ml/g")
+
+    @model_validator(mode="after")
+    def _one_m0(self) -> AslConfig:
+        if self.m0 is not None and self.m0_value is not None:
+            raise ValueError("give m0 (an image) or m0_value (one number), not both")
+        return self
+
+
+class DscConfig(_Section):
+    """DSC rCBV, oSVD CBF, MTT, Tmax; the AIF is the mean signal over an arterial mask."""
+
+    aif_mask: str = Field(description="arterial mask image on the series' grid")
+    baseline_frames: int = Field(5, ge=1, description="pre-bolus volumes")
+    leakage_correction: bool = Field(False, description="Boxerman-Weisskoff correction")
+    oscillation_index: float = Field(0.095, gt=0, description="oSVD residue smoothness")
+
+
+class IvimConfig(_Section):
+    """IVIM: S0, f, D and D* (mm²/s) from a multi-b diffusion series (.bval/.bvec)."""
+
+    method: Literal["segmented", "full"] = "segmented"
+    b_threshold: float = Field(
+        200.0, gt=0, description="s/mm²; b-values from here fit D in the segmented step"
+    )
 
 
 class SeedsConfig(_Section):
@@ -110,12 +166,15 @@ class OutputConfig(_Section):
 class PipelineConfig(_Section):
     """A whole pipeline: what the input is, what to fit, what to track, where to run."""
 
-    modality: Literal["dwi", "dce"]
+    modality: Literal["dwi", "dce", "asl", "dsc", "ivim"]
     data: DataConfig = DataConfig()
     acquisition: AcquisitionConfig = AcquisitionConfig()
     pipeline: PerfusionConfig | None = None
     fit: Literal["dti", "csa", "csd"] | None = None
     tracking: TrackingConfig | None = None
+    asl: AslConfig | None = None
+    dsc: DscConfig | None = None
+    ivim: IvimConfig | None = None
     cluster: ClusterConfig = ClusterConfig()
     output: OutputConfig = OutputConfig()
 
@@ -130,11 +189,17 @@ class PipelineConfig(_Section):
             raise ValueError(f"'fit' and 'tracking' apply to diffusion data, not {self.modality!r}")
         if self.tracking is not None and self.fit == "dti":
             raise ValueError("tracking needs an ODF fit: set fit to 'csa' or 'csd'")
+        for section in ("asl", "dsc", "ivim"):
+            if getattr(self, section) is not None and self.modality != section:
+                raise ValueError(f"{section!r} does not apply to modality {self.modality!r}")
+        if self.modality == "dsc" and self.dsc is None:
+            raise ValueError("modality 'dsc' needs a 'dsc' section with aif_mask (the AIF)")
         return self
 
 
 def default_config(modality: str) -> PipelineConfig:
-    """The defaults for ``modality`` ("dce" or "dwi"), as ``mriflow run --dump-defaults``."""
+    """The defaults for ``modality`` (one of :data:`MODALITIES`), as ``mriflow run
+    --dump-defaults``."""
     if modality == "dce":
         return PipelineConfig(
             modality="dce",
@@ -143,12 +208,23 @@ def default_config(modality: str) -> PipelineConfig:
         )
     if modality == "dwi":
         return PipelineConfig(modality="dwi", fit="csd", tracking=TrackingConfig())
-    raise ConfigError(f"--dump-defaults: no defaults for {modality!r}; use 'dce' or 'dwi'")
+    if modality == "asl":
+        return PipelineConfig(modality="asl", asl=AslConfig())
+    if modality == "dsc":
+        return PipelineConfig(modality="dsc", dsc=DscConfig(aif_mask="sub-01_aifmask.nii.gz"))
+    if modality == "ivim":
+        return PipelineConfig(modality="ivim", ivim=IvimConfig())
+    raise ConfigError(
+        f"--dump-defaults: no defaults for {modality!r}; use one of {', '.join(MODALITIES)}"
+    )
 
 
 def dump_defaults(modality: str) -> str:
-    """YAML text of :func:`default_config`."""
-    return yaml.safe_dump(default_config(modality).model_dump(mode="json"), sort_keys=False)
+    """YAML text of :func:`default_config` (sections of other modalities left out)."""
+    values = default_config(modality).model_dump(mode="json")
+    return yaml.safe_dump(
+        {key: value for key, value in values.items() if value is not None}, sort_keys=False
+    )
 
 
 def _refuse_aliases(text: str, source: str) -> None:

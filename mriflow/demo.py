@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from mriflow.progress import ProgressFactory, no_progress
+
 __all__ = ["run_demo"]
 
 
@@ -50,8 +52,12 @@ def run_demo(
     scheduler: str | None = None,
     seed_density: int = 1,
     say: Callable[[str], None] = print,
+    progress: ProgressFactory = no_progress,
 ) -> dict[str, Any]:
-    """Run the demo into ``out_dir``; returns ``{"files": {...}, "stages": {name: seconds}}``."""
+    """Run the demo into ``out_dir``; returns ``{"files": {...}, "stages": {name: seconds}}``.
+
+    ``progress`` makes the progress display of each stage (see
+    :func:`mriflow.progress.compute_progress`)."""
     from mriflow import fit
     from mriflow.cluster import get_client
     from mriflow.data import write_dwi_phantom
@@ -78,24 +84,28 @@ def run_demo(
     with get_client(scheduler, n_workers=workers, threads_per_worker=threads) as client:
         say(f"  cluster {client.scheduler.address}, dashboard {client.dashboard_link}")
         tensor = fit.dti(dwi, mask=mask)
-        files["fa"] = tensor["fa"].mri.reorient("RAS").mri.to_nifti(out / "fa_RAS.nii.gz")
         store = out / "fits.zarr"
-        to_zarr(tensor[["fa", "md", "evecs"]], store, group="dti", overwrite=True)
+        with progress("dti"):
+            files["fa"] = tensor["fa"].mri.reorient("RAS").mri.to_nifti(out / "fa_RAS.nii.gz")
+            to_zarr(tensor[["fa", "md", "evecs"]], store, group="dti", overwrite=True)
         lap("dti")
-        response = fit.auto_response(dwi)
-        odf = fit.csd(dwi, response=response, mask=mask)
-        to_zarr(odf, store, group="csd", overwrite=True)
-        found = fit.peaks(odf, relative_peak_threshold=0.5, min_separation_angle=25)
-        to_zarr(found, store, group="peaks", overwrite=True)
+        with progress("csd + peaks"):
+            response = fit.auto_response(dwi)
+            odf = fit.csd(dwi, response=response, mask=mask)
+            to_zarr(odf, store, group="csd", overwrite=True)
+            found = fit.peaks(odf, relative_peak_threshold=0.5, min_separation_angle=25)
+            to_zarr(found, store, group="peaks", overwrite=True)
         files["fits"] = store
         lap("csd + peaks")
         from mriflow import track
 
-        fa_map = tensor["fa"].compute()
+        with progress("tracking inputs"):
+            fa_map = tensor["fa"].compute()
+            fields = odf.compute()
         white_matter = open_image(paths["labels"], chunks=None).load() == 2
         seeds = track.seeds_from_mask(white_matter, density=seed_density)
         tractogram = track.track(
-            odf.compute(),
+            fields,
             track.ThresholdStopping(fa_map, 0.15),
             seeds,
             method="probabilistic",
@@ -115,9 +125,11 @@ def run_demo(
         )
         say(f"  {len(tractogram)} streamlines from {len(seeds)} seeds")
         lap("tracking")
-        tensor["fa"].mri.plot(output_path=out / "fa.png", cmap="gray", title="FA")
+        with progress("pictures"):
+            tensor["fa"].mri.plot(output_path=out / "fa.png", cmap="gray", title="FA")
+            rgb = tensor["rgb"].compute()
         files["fa.png"] = out / "fa.png"
-        files["colour_fa.png"] = _colour_fa(tensor["rgb"], out / "colour_fa.png")
+        files["colour_fa.png"] = _colour_fa(rgb, out / "colour_fa.png")
         labels = open_image(paths["labels"], chunks=None).load()
         fa = tensor["fa"]
         summary = {

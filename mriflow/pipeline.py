@@ -8,19 +8,37 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import xarray as xr
 
 from mriflow.config import ConfigError, PipelineConfig
+from mriflow.progress import ProgressFactory, no_progress
 
 __all__ = ["run_pipeline"]
 
 Say = Callable[[str], None]
 
 
-def _open_input(config: PipelineConfig, source: str | Path) -> xr.DataArray:
+@dataclass
+class _Inputs:
+    """What a pipeline runs on: the main image, and the DCE study it came from, if any."""
+
+    image: xr.DataArray
+    study: Any = None
+
+
+# AcquisitionError prefixes of open_dce_study -> the config keys that set those values
+_STUDY_KEYS = {
+    "flip_angle:": ("acquisition.flip_angle", "degrees"),
+    "flip_angles:": ("acquisition.flip_angles", "degrees, one per VFA series"),
+    "repetition_time:": ("acquisition.tr", "ms"),
+}
+
+
+def _open_input(config: PipelineConfig, source: str | Path) -> _Inputs:
     """The input image of ``config``'s modality, with its acquisition parameters resolved."""
     from mriflow.io import open_image
 
@@ -30,21 +48,74 @@ def _open_input(config: PipelineConfig, source: str | Path) -> xr.DataArray:
 
         if not config.data.subject:
             raise ConfigError("data.subject: a BIDS input needs the subject to process")
-        return load_bids(
-            source,
-            subject=config.data.subject,
-            session=config.data.session,
-            modality=config.modality,
+        return _Inputs(
+            load_bids(
+                source,
+                subject=config.data.subject,
+                session=config.data.session,
+                modality=config.modality,
+            )
         )
     path = Path(source)
+    is_dicom = path.is_dir() and not path.name.endswith(".zarr")
     checks = {
         "nifti": lambda p: p.is_file(),
-        "dicom": lambda p: p.is_dir() and not p.name.endswith(".zarr"),
+        "dicom": lambda p: is_dicom,
         "zarr": lambda p: p.name.endswith(".zarr") or "://" in str(source),
     }
     if fmt in checks and not checks[fmt](path):
         raise ConfigError(f"data.format: {source} is not {fmt} input")
-    return open_image(source, modality=config.modality, acquisition=_explicit(config))
+    if config.modality == "dce" and is_dicom and fmt in ("auto", "dicom"):
+        return _dce_study(config, path)
+    from mriflow.errors import AcquisitionError
+
+    try:
+        image = open_image(source, modality=config.modality, acquisition=_explicit(config))
+    except AcquisitionError as exc:
+        message = str(exc)
+        keys = [
+            key for bids, key in _CONFIG_KEYS.get(config.modality, {}).items() if bids in message
+        ]
+        if not keys:
+            raise
+        raise ConfigError(f"{message}; or set {keys[0]} in the config") from exc
+    return _Inputs(image)
+
+
+# BIDS keys a missing-metadata error can name -> the config key that gives the value
+_CONFIG_KEYS = {
+    "asl": {
+        "ArterialSpinLabelingType": "asl.labeling_type",
+        "PostLabelingDelay": "asl.post_labeling_delay (s)",
+        "LabelingDuration": "asl.labeling_duration (s)",
+        "BolusCutOffDelayTime": "asl.bolus_cut_off_delay_time (s)",
+    },
+    "dsc": {"EchoTime": "acquisition.te (ms)", "RepetitionTime": "acquisition.tr (ms)"},
+    "dce": {"FlipAngle": "acquisition.flip_angle (degrees)"},
+}
+
+
+def _dce_study(config: PipelineConfig, folder: Path) -> _Inputs:
+    """A DICOM study folder: the dynamic series and VFA set found from the headers."""
+    from mriflow.errors import AcquisitionError
+    from mriflow.io.dicom.study import open_dce_study
+
+    acq = config.acquisition
+    try:
+        study = open_dce_study(
+            folder,
+            flip_angle=acq.flip_angle,
+            vfa_flip_angles=acq.flip_angles,
+            repetition_time=None if acq.tr is None else acq.tr / 1000,
+        )
+    except AcquisitionError as exc:
+        message = str(exc)
+        for prefix, (key, unit) in _STUDY_KEYS.items():
+            if message.startswith(prefix):
+                detail = message.removeprefix(prefix).strip()
+                raise ConfigError(f"{key}: {detail}; set {key} in the config ({unit})") from exc
+        raise
+    return _Inputs(study.dynamic, study)
 
 
 def _explicit(config: PipelineConfig) -> dict[str, Any] | None:
@@ -58,10 +129,22 @@ def _explicit(config: PipelineConfig) -> dict[str, Any] | None:
     if config.modality == "dce":
         if acq.tr is not None:
             values["RepetitionTimeExcitation"] = acq.tr / 1000
-        if acq.flip_angles:
+        if acq.flip_angle is not None:
+            values["FlipAngle"] = acq.flip_angle
+        elif acq.flip_angles:
             values["FlipAngle"] = acq.flip_angles[-1]
     elif acq.tr is not None:
         values["RepetitionTime"] = acq.tr / 1000
+    if config.modality == "asl" and config.asl is not None:
+        asl = config.asl
+        given = {
+            "ArterialSpinLabelingType": asl.labeling_type,
+            "PostLabelingDelay": asl.post_labeling_delay,
+            "LabelingDuration": asl.labeling_duration,
+            "BolusCutOffDelayTime": asl.bolus_cut_off_delay_time,
+            "LabelingEfficiency": asl.labeling_efficiency,
+        }
+        values.update({key: value for key, value in given.items() if value is not None})
     return values or None
 
 
@@ -80,6 +163,19 @@ def _client(config: PipelineConfig, scheduler: str | None) -> Any:
 
 
 def _write(
+    config: PipelineConfig,
+    result: xr.Dataset,
+    out_dir: Path,
+    name: str,
+    resume: bool,
+    say: Say,
+    progress: ProgressFactory = no_progress,
+) -> list[Path]:
+    with progress(name):
+        return _write_outputs(config, result, out_dir, name, resume, say)
+
+
+def _write_outputs(
     config: PipelineConfig, result: xr.Dataset, out_dir: Path, name: str, resume: bool, say: Say
 ) -> list[Path]:
     from mriflow.io import to_zarr
@@ -107,14 +203,23 @@ def _write(
 
 
 def _diffusion(
-    config: PipelineConfig, dwi: xr.DataArray, mask: Any, out_dir: Path, resume: bool, say: Say
+    config: PipelineConfig,
+    inputs: _Inputs,
+    mask: Any,
+    out_dir: Path,
+    resume: bool,
+    say: Say,
+    progress: ProgressFactory = no_progress,
 ) -> dict[str, list[Path]]:
     from mriflow import fit
 
+    dwi = inputs.image
     outputs: dict[str, list[Path]] = {}
     model = config.fit or "dti"
     if model == "dti":
-        outputs["dti"] = _write(config, fit.dti(dwi, mask=mask), out_dir, "dti", resume, say)
+        outputs["dti"] = _write(
+            config, fit.dti(dwi, mask=mask), out_dir, "dti", resume, say, progress
+        )
         return outputs
     if model == "csa":
         odf = fit.csa(dwi, mask=mask)
@@ -122,11 +227,12 @@ def _diffusion(
         response = fit.auto_response(dwi)
         say(f"  response: evals {[round(float(e), 6) for e in response.evals]}")
         odf = fit.csd(dwi, response=response, mask=mask)
-    outputs[model] = _write(config, odf, out_dir, model, resume, say)
+    outputs[model] = _write(config, odf, out_dir, model, resume, say, progress)
     found = fit.peaks(odf)
-    outputs["peaks"] = _write(config, found, out_dir, "peaks", resume, say)
+    outputs["peaks"] = _write(config, found, out_dir, "peaks", resume, say, progress)
     if config.tracking is not None:
-        outputs["tracking"] = _tracking(config, dwi, odf, found, mask, out_dir, say)
+        with progress("tracking"):
+            outputs["tracking"] = _tracking(config, dwi, odf, found, mask, out_dir, say)
     return outputs
 
 
@@ -188,7 +294,13 @@ def _tracking(
 
 
 def _dce(
-    config: PipelineConfig, series: xr.DataArray, mask: Any, out_dir: Path, resume: bool, say: Say
+    config: PipelineConfig,
+    inputs: _Inputs,
+    mask: Any,
+    out_dir: Path,
+    resume: bool,
+    say: Say,
+    progress: ProgressFactory = no_progress,
 ) -> dict[str, list[Path]]:
     """SPGR signal -> pre-contrast T1 (VFA) -> concentration -> AIF -> kinetic model."""
     from mriflow import fit
@@ -196,16 +308,34 @@ def _dce(
     from mriflow.io import open_image
 
     settings = config.pipeline or PerfusionConfig()
+    series, study = inputs.image, inputs.study
     acq = config.acquisition
     tr = acq.tr / 1000 if acq.tr is not None else None
     outputs: dict[str, list[Path]] = {}
     data = config.data
     if data.t1_map:
         t1: Any = open_image(data.t1_map)
-    elif data.vfa:
-        vfa = open_image(data.vfa, modality="dce")
-        relaxometry = fit.t1_vfa(vfa, flip_angles=acq.flip_angles, tr=tr, mask=mask)
-        outputs["t1"] = _write(config, relaxometry, out_dir, "t1", resume, say)
+    elif data.vfa or (study is not None and study.vfa is not None):
+        if data.vfa and Path(data.vfa).is_dir() and not data.vfa.endswith(".zarr"):
+            from mriflow.io.dicom.study import open_vfa_series
+
+            angles: Any
+            vfa, angles, header_tr = open_vfa_series(data.vfa, flip_angles=acq.flip_angles)
+            vfa_tr = tr if tr is not None else header_tr  # the dynamic keeps its own TR
+            if vfa_tr is None:
+                raise ConfigError(
+                    f"acquisition.tr: the VFA series in {data.vfa} have no RepetitionTime "
+                    "(0018,0080); set acquisition.tr in the config (ms)"
+                )
+            say(f"  t1: VFA set of {len(angles)} series, flip angles {angles} deg, TR {vfa_tr} s")
+        elif data.vfa:
+            vfa, angles, vfa_tr = open_image(data.vfa, modality="dce"), acq.flip_angles, tr
+        else:
+            vfa, angles, tr = study.vfa, study.vfa_flip_angles, study.repetition_time
+            vfa_tr = tr
+            say(f"  t1: VFA set of {len(angles)} series, flip angles {angles} deg, TR {tr} s")
+        relaxometry = fit.t1_vfa(vfa, flip_angles=angles, tr=vfa_tr, mask=mask)
+        outputs["t1"] = _write(config, relaxometry, out_dir, "t1", resume, say, progress)
         t1 = relaxometry["t1"]
     elif data.t10 is not None:
         t1 = data.t10
@@ -227,8 +357,90 @@ def _dce(
     kinetic = fit.dce(
         concentration, aif, model=settings.model, mask=mask, hematocrit=settings.hematocrit
     )
-    outputs[settings.model] = _write(config, kinetic, out_dir, settings.model, resume, say)
+    outputs[settings.model] = _write(
+        config, kinetic, out_dir, settings.model, resume, say, progress
+    )
     return outputs
+
+
+def _asl(
+    config: PipelineConfig,
+    inputs: _Inputs,
+    mask: Any,
+    out_dir: Path,
+    resume: bool,
+    say: Say,
+    progress: ProgressFactory = no_progress,
+) -> dict[str, list[Path]]:
+    """Control/label pairs (aslcontext) -> CBF (and ATT with several PLDs)."""
+    from mriflow import fit
+    from mriflow.config import AslConfig
+    from mriflow.io import open_image
+
+    settings = config.asl or AslConfig()
+    m0: Any = settings.m0_value
+    if settings.m0:
+        m0 = open_image(settings.m0)
+    result = fit.asl_cbf(
+        inputs.image,
+        m0=m0,
+        labeling_efficiency=settings.labeling_efficiency,
+        t1_blood=settings.t1_blood,
+        partition_coefficient=settings.partition_coefficient,
+        mask=mask,
+    )
+    return {"asl": _write(config, result, out_dir, "asl", resume, say, progress)}
+
+
+def _dsc(
+    config: PipelineConfig,
+    inputs: _Inputs,
+    mask: Any,
+    out_dir: Path,
+    resume: bool,
+    say: Say,
+    progress: ProgressFactory = no_progress,
+) -> dict[str, list[Path]]:
+    """Signal -> deltaR2* -> AIF over the arterial mask -> rCBV, oSVD CBF, MTT, Tmax."""
+    from mriflow import fit
+    from mriflow.io import open_image
+
+    settings = config.dsc
+    assert settings is not None  # the schema requires the section for DSC
+    series = inputs.image
+    arterial = open_image(settings.aif_mask, kind="label") > 0
+    with progress("aif"):
+        aif = fit.aif_from_mask(series, arterial)
+    say(f"  aif: mean signal of {aif.attrs['voxels']} arterial voxels")
+    result = fit.dsc(
+        series,
+        aif,
+        baseline=settings.baseline_frames,
+        leakage_correction=settings.leakage_correction,
+        oscillation_index=settings.oscillation_index,
+        mask=mask,
+    )
+    return {"dsc": _write(config, result, out_dir, "dsc", resume, say, progress)}
+
+
+def _ivim(
+    config: PipelineConfig,
+    inputs: _Inputs,
+    mask: Any,
+    out_dir: Path,
+    resume: bool,
+    say: Say,
+    progress: ProgressFactory = no_progress,
+) -> dict[str, list[Path]]:
+    """Multi-b diffusion series -> S0, f, D, D*."""
+    from mriflow import fit
+    from mriflow.config import IvimConfig
+
+    settings = config.ivim or IvimConfig()
+    result = fit.ivim(
+        inputs.image, method=settings.method, b_threshold=settings.b_threshold, mask=mask
+    )
+    return {"ivim": _write(config, result, out_dir, "ivim", resume, say, progress)}
 
 
 def run_pipeline(
@@ -239,17 +451,19 @@ def run_pipeline(
     scheduler: str | None = None,
     resume: bool = False,
     say: Say = print,
+    progress: ProgressFactory = no_progress,
 ) -> dict[str, list[Path]]:
     """Run ``config`` on ``source`` and write everything under ``out_dir``; returns the paths
     written per stage. Inputs are opened (and their metadata checked) before any cluster
-    starts, so a bad input fails fast."""
+    starts, so a bad input fails fast. ``progress`` makes the progress display of each stage
+    (see :func:`mriflow.progress.compute_progress`)."""
     from mriflow.io import open_image
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    image = _open_input(config, source)
+    inputs = _open_input(config, source)
     mask = open_image(config.data.mask, kind="label") > 0 if config.data.mask else None
-    runners = {"dwi": _diffusion, "dce": _dce}
+    runners = {"dwi": _diffusion, "dce": _dce, "asl": _asl, "dsc": _dsc, "ivim": _ivim}
     if config.modality not in runners:
         raise ConfigError(
             f"modality: {config.modality!r} pipelines are not available in this version; "
@@ -257,4 +471,4 @@ def run_pipeline(
         )
     with _client(config, scheduler) as client:
         say(f"cluster {client.scheduler.address}, dashboard {client.dashboard_link}")
-        return runners[config.modality](config, image, mask, out, resume, say)
+        return runners[config.modality](config, inputs, mask, out, resume, say, progress)

@@ -78,6 +78,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
 def test_demo_through_the_console_script(tmp_path):
     result = console("demo", tmp_path, "--small", "--workers", "1")
     assert result.returncode == 0, result.stderr
+    assert "dashboard http" in result.stdout
+    assert "\r" not in result.stdout + result.stderr
     for name in ("fits.zarr", "tracts.trk", "streamlines.png", "colour_fa.png", "fa_RAS.nii.gz"):
         assert name in result.stdout
         assert (tmp_path / name).exists()
@@ -124,12 +126,51 @@ def dce_phantom(tmp_path_factory):
     return mriflow.data.write_dce_phantom(tmp_path_factory.mktemp("dce"))
 
 
+# perfusion examples: the phantom writer, the input it writes, and (map, truth, tolerance on
+# the median absolute relative error, tolerance on the bias) per recovered parameter
+PERFUSION_EXAMPLES = {
+    "asl": ("write_asl_phantom", "asl", [("asl_cbf", "truth_cbf", 0.05, 0.02)]),
+    # oSVD underestimates peak flow (regularised residue): see test_perfusion's DSC bounds
+    "dsc": (
+        "write_dsc_phantom",
+        "dsc",
+        [("dsc_rcbv", "truth_rcbv", 0.1, 0.06), ("dsc_cbf", "truth_cbf", 0.35, 0.35)],
+    ),
+    "ivim": (
+        "write_ivim_phantom",
+        "dwi",
+        [("ivim_d", "truth_d", 0.1, 0.03), ("ivim_f", "truth_f", 0.3, 0.1)],
+    ),
+}
+
+
+def check_recovery(out: Path, phantom_paths: dict, checks: list) -> None:
+    mask = nib.load(phantom_paths["mask"]).get_fdata() > 0
+    for name, truth_name, median_abs, bias in checks:
+        estimate = nib.load(out / f"{name}.nii.gz").get_fdata()[mask]
+        truth = nib.load(phantom_paths[truth_name]).get_fdata()[mask]
+        relative = (estimate - truth) / truth
+        assert np.median(np.abs(relative)) < median_abs, name
+        assert abs(np.median(relative)) < bias, name
+
+
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
 def test_example_configs_validate_and_run(example, phantom, dce_phantom, tmp_path):
+    import mriflow
+
     checked = console("run", example, "--validate")
     assert checked.returncode == 0, checked.stderr
     config = tmp_path / example.name
-    if "modality: dce" in example.read_text():
+    modality = next(
+        m for m in ("dwi", "dce", "asl", "dsc", "ivim") if f"modality: {m}" in example.read_text()
+    )
+    recovery = None
+    if modality in PERFUSION_EXAMPLES:
+        writer, key, recovery = PERFUSION_EXAMPLES[modality]
+        written = getattr(mriflow.data, writer)(tmp_path / "phantom")
+        config.write_text(example.read_text())
+        folder, source = written[key].parent, written[key].name
+    elif modality == "dce":
         # the example names its inputs relative to the folder it runs in
         config.write_text(example.read_text())
         folder, source = dce_phantom["dce"].parent, dce_phantom["dce"].name
@@ -139,7 +180,11 @@ def test_example_configs_validate_and_run(example, phantom, dce_phantom, tmp_pat
     result = console("run", config, source, "-o", tmp_path / "out", cwd=folder)
     assert result.returncode == 0, result.stderr
     assert "done in" in result.stdout
+    assert "dashboard http" in result.stdout  # the cluster's dashboard link
+    assert "\r" not in result.stdout + result.stderr  # a pipe gets lines, no progress frames
     assert any((tmp_path / "out").iterdir())
+    if recovery is not None:
+        check_recovery(tmp_path / "out", written, recovery)
 
 
 def test_dce_pipeline_recovers_ktrans(dce_phantom, tmp_path):

@@ -48,7 +48,7 @@ def test_osipy_style_and_diffusion_configs(tmp_path):
     assert dwi.cluster.n_workers == 2
 
 
-@pytest.mark.parametrize("modality", ["dce", "dwi"])
+@pytest.mark.parametrize("modality", ["dce", "dwi", "asl", "dsc", "ivim"])
 def test_dumped_defaults_load_back(tmp_path, modality):
     text = dump_defaults(modality)
     assert load_config(write(tmp_path, text)) == default_config(modality)
@@ -101,3 +101,29 @@ def test_not_yaml_not_a_mapping_missing(tmp_path):
         load_config(tmp_path / "absent.yaml")
     assert yaml.safe_load(dump_defaults("dce"))["modality"] == "dce"
     assert isinstance(default_config("dwi"), PipelineConfig)
+
+
+def test_perfusion_sections_name_key_and_line(tmp_path):
+    dsc = "modality: dsc\ncluster: {n_workers: 1}\ndsc:\n  baseline_frames: 4\n"
+    with pytest.raises(ConfigError, match=r"line 3: 'dsc\.aif_mask' is required"):
+        load_config(write(tmp_path, dsc))
+    with pytest.raises(ConfigError, match="modality 'dsc' needs a 'dsc' section with aif_mask"):
+        load_config(write(tmp_path, "modality: dsc\n"))
+    ivim = "modality: ivim\nivim:\n  method: segmnted\n"
+    with pytest.raises(ConfigError, match=r"line 3: ivim\.method: .*'segmented' or 'full'"):
+        load_config(write(tmp_path, ivim))
+    asl = "modality: asl\nasl:\n  t1_blood: 1.65\n  labelling_type: PCASL\n"
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, asl))
+    assert "line 4: unknown key 'asl.labelling_type'; did you mean 'labeling_type'?" in str(
+        info.value
+    )
+    with pytest.raises(ConfigError, match=r"line 2: asl: give m0 \(an image\) or m0_value"):
+        load_config(write(tmp_path, "modality: asl\nasl:\n  m0: m0.nii.gz\n  m0_value: 900\n"))
+    with pytest.raises(ConfigError, match="'ivim' does not apply to modality 'asl'"):
+        load_config(write(tmp_path, "modality: asl\nivim: {method: full}\n"))
+    with pytest.raises(ConfigError, match=r"modality: Input should be 'dwi', 'dce', 'asl'"):
+        load_config(write(tmp_path, "modality: bold\n"))
+    config = load_config(write(tmp_path, "modality: asl\nasl: {post_labeling_delay: [1.5, 2]}\n"))
+    assert config.asl.post_labeling_delay == [1.5, 2.0]
+    assert load_config(write(tmp_path, "modality: ivim\n")).ivim is None  # defaults apply

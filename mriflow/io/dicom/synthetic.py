@@ -182,8 +182,8 @@ def write_series(
     rescale: tuple[float, float] | None = None,
     philips_scale: float | None = None,
     phase_encoding: str = "COL",
-    flip_angle: float = 15.0,
-    repetition_time: float = 5.0,
+    flip_angle: float | None = 15.0,
+    repetition_time: float | None = 5.0,
     echo_time: float = 2.0,
     temporal_resolution: float = 3.5,
     start_time: float = 36000.0,
@@ -191,6 +191,7 @@ def write_series(
     shuffle_names: bool = True,
     seed: int = 0,
     name_prefix: str = "IM",
+    pixels: np.ndarray | None = None,
 ) -> WrittenSeries:
     """Write a classic single-frame MR series: one file per slice and volume.
 
@@ -200,7 +201,9 @@ def write_series(
     (volumes x 3, patient LPS) write diffusion tags in ``vendor``'s layout (GE's in the logical
     frame of ``phase_encoding``, "COL" or "ROW"). ``philips_scale`` writes Philips' private
     ScaleSlope (2005,100E) (use with ``vendor="philips"``). File names are
-    shuffled relative to slice order when ``shuffle_names``.
+    shuffled relative to slice order when ``shuffle_names``. ``pixels`` (rows, columns,
+    slices, volumes; uint16) are the stored values to write instead of the default pattern;
+    ``repetition_time``/``flip_angle`` of ``None`` leave those attributes out.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -210,7 +213,10 @@ def write_series(
         "series", study_uid, series_number, description, seed, out.resolve()
     )
     positions, affine = _geometry(orientation, origin, pixel_spacing, slice_spacing, n_slices)
-    stored = _pattern(rows, columns, n_slices, n_volumes, seed)
+    if pixels is None:
+        stored = _pattern(rows, columns, n_slices, n_volumes, seed)
+    else:
+        stored = np.asarray(pixels, dtype=np.uint16).reshape(rows, columns, n_slices, n_volumes)
     slope, intercept = rescale if rescale is not None else (1.0, 0.0)
     physical = stored * slope + intercept
     if philips_scale is not None:
