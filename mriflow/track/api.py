@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 
 from mriflow.errors import TrackingInputError, TrackingWarning
-from mriflow.track.directions import FIELD_KINDS, direction_getter
+from mriflow.track.directions import FIELD_KINDS, direction_getter, unit_peaks
 from mriflow.track.directions import direction_getter as direction_getter_function
 from mriflow.track.kernels import track_seed_range
 from mriflow.track.sphere import hemisphere, sh_basis_matrix, sh_order_from_count
@@ -44,7 +44,7 @@ _METHODS = ("deterministic", "probabilistic")
 class FieldArrays:
     """The numpy inputs of the engine (all C-ordered float64).
 
-    ``field`` ``(i, j, k, channel)``: peak directions (``peak * 3``) or SH coefficients;
+    ``field`` ``(i, j, k, channel)``: unit peak directions (``peak * 3``) or SH coefficients;
     ``basis`` ``(n_hemisphere_vertices, n_coefficients)`` and ``vertices``
     ``(n_hemisphere_vertices, 3)`` (empty for peaks); ``stop_map`` ``(i, j, k)``.
     """
@@ -110,6 +110,8 @@ def _run_range(
         params.min_points,
         np.uint64(params.rng),
         fields.field.shape[3] + fields.basis.shape[0] + 8,
+        affine=np.asarray(params.affine, dtype=np.float64),
+        dtype=np.float32,
     )
 
 
@@ -149,14 +151,13 @@ def track_batch(
     kept = lengths > 0
     offsets = np.zeros(int(kept.sum()) + 1, np.int64)
     np.cumsum(lengths[kept], out=offsets[1:])
-    # ... then fill.
-    affine = np.asarray(params.affine, dtype=np.float64)
+    # ... then fill (the kernel already wrote float32 RAS mm).
     positions = np.empty((int(offsets[-1]), 3), np.float32)
     filled = 0
-    for points, _, _ in parts:
-        if len(points):
-            positions[filled : filled + len(points)] = points @ affine[:3, :3].T + affine[:3, 3]
-            filled += len(points)
+    for n, (points, _, _) in enumerate(parts):
+        positions[filled : filled + len(points)] = points
+        filled += len(points)
+        parts[n] = None  # type: ignore[call-overload]  # free each range once copied
     return {
         "positions": positions,
         "offsets": offsets,
@@ -233,8 +234,8 @@ def _field_arrays(
             raise TrackingInputError(
                 f"peak_dirs: the xyz dim must have 3 entries, got {values.shape[-1]}"
             )
-        data = values.reshape(*values.shape[:3], -1)
-        return FieldArrays(np.ascontiguousarray(data), np.zeros((0, 0)), np.zeros((0, 3)), stop_map)
+        data = unit_peaks(np.ascontiguousarray(values.reshape(*values.shape[:3], -1)))
+        return FieldArrays(data, np.zeros((0, 0)), np.zeros((0, 3)), stop_map)
     ordered = field.transpose(*spatial, "sh")
     n_coef = ordered.sizes["sh"]
     order = sh_order_from_count(n_coef, str(field.name or "shm_coeff"))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 from numba import njit
 
 from mriflow.errors import TrackingInputError
@@ -32,6 +33,7 @@ from mriflow.track.kernels import (
     GETTER_NO_DIRECTION,
     GETTER_OK,
     GETTER_SIGNATURE,
+    stable_plugin,
     trilinear_cell,
 )
 from mriflow.track.rng import uniform
@@ -44,6 +46,7 @@ __all__ = [
     "peak_following",
     "probabilistic_odf",
     "register_direction_getter",
+    "unit_peaks",
 ]
 
 
@@ -64,18 +67,50 @@ def _corner_jit(cell, corner):
     return i, j, k, weight
 
 
-@njit(GETTER_SIGNATURE, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
+def unit_peaks(peaks):
+    """Peak directions ``(i, j, k, peak * 3)`` prepared once for :func:`peak_following`.
+
+    Every peak is scaled to unit length (``x / sqrt(x * x + y * y + z * z)`` per
+    component; NaN stays NaN) and each voxel's non-zero peaks are moved to the front, in
+    their order, with the zero (absent) peaks after them, so the getter stops at the
+    first zero peak.
+    """
+    n_values = peaks.shape[3]
+    flat = peaks.reshape(-1, n_values)
+    out = np.zeros_like(flat)
+    for voxel in range(flat.shape[0]):
+        kept = 0
+        for start in range(0, n_values - 2, 3):
+            x = flat[voxel, start]
+            y = flat[voxel, start + 1]
+            z = flat[voxel, start + 2]
+            norm = math.sqrt(x * x + y * y + z * z)
+            if norm == 0.0:
+                continue
+            out[voxel, kept] = x / norm
+            out[voxel, kept + 1] = y / norm
+            out[voxel, kept + 2] = z / norm
+            kept += 3
+    return out.reshape(peaks.shape)
+
+
+@stable_plugin
+@njit(GETTER_SIGNATURE, nogil=True, cache=True, inline="always")
 def peak_following(field, basis, vertices, point, direction, params, rng_state, scratch):
     """Deterministic peak following (EuDX-like).
 
-    In each of the 8 voxels around ``point`` take the peak closest to ``direction``
-    (either sign); keep it if within ``max_angle``; the next direction is the
-    trilinear-weighted sum of the kept peaks, normalised. At a seed: the first (largest)
-    peak of the nearest voxel.
+    ``field`` holds unit peaks, present ones first (:func:`unit_peaks`). In each of the 8
+    voxels around ``point`` take the peak closest to ``direction`` (either sign); keep it
+    if within ``max_angle``; the next direction is the trilinear-weighted sum of the kept
+    peaks, normalised. At a seed: the first non-zero peak of the nearest voxel.
     """
     n_peaks = field.shape[3] // 3
     shape = (field.shape[0], field.shape[1], field.shape[2])
-    if direction[0] == 0.0 and direction[1] == 0.0 and direction[2] == 0.0:
+    dx = direction[0]
+    dy = direction[1]
+    dz = direction[2]
+    if dx == 0.0 and dy == 0.0 and dz == 0.0:
         i = min(max(math.floor(point[0] + 0.5), 0), shape[0] - 1)
         j = min(max(math.floor(point[1] + 0.5), 0), shape[1] - 1)
         k = min(max(math.floor(point[2] + 0.5), 0), shape[2] - 1)
@@ -85,12 +120,12 @@ def peak_following(field, basis, vertices, point, direction, params, rng_state, 
             z = field[i, j, k, 3 * p + 2]
             if math.isnan(x) or math.isnan(y) or math.isnan(z):
                 return GETTER_INVALID
-            norm = math.sqrt(x * x + y * y + z * z)
-            if norm > 0.0:
-                direction[0] = x / norm
-                direction[1] = y / norm
-                direction[2] = z / norm
-                return GETTER_OK
+            if x == 0.0 and y == 0.0 and z == 0.0:
+                break  # the absent peaks come last
+            direction[0] = x
+            direction[1] = y
+            direction[2] = z
+            return GETTER_OK
         return GETTER_NO_DIRECTION
     cell = trilinear_cell(shape, point)
     if not cell[0]:
@@ -99,34 +134,41 @@ def peak_following(field, basis, vertices, point, direction, params, rng_state, 
     sum_x = 0.0
     sum_y = 0.0
     sum_z = 0.0
+    invalid = False
+    # Branch-free selection (the comparisons become selects): a zero-weight corner adds
+    # exact zeros, a zero peak (cosine 0) is never within max_angle (cos_max > 0), so the
+    # result is that of skipping both.
     for corner in range(8):
         i, j, k, weight = _corner_jit(cell, corner)
-        if weight <= 0.0:
-            continue
         best = -1.0
+        signed = 0.0
         best_x = 0.0
         best_y = 0.0
         best_z = 0.0
+        corner_nan = False
         for p in range(n_peaks):
             x = field[i, j, k, 3 * p]
             y = field[i, j, k, 3 * p + 1]
             z = field[i, j, k, 3 * p + 2]
-            if math.isnan(x) or math.isnan(y) or math.isnan(z):
-                return GETTER_INVALID
-            norm = math.sqrt(x * x + y * y + z * z)
-            if norm == 0.0:
-                continue
-            cosine = (x * direction[0] + y * direction[1] + z * direction[2]) / norm
-            if abs(cosine) > best:
-                best = abs(cosine)
-                sign = 1.0 if cosine >= 0.0 else -1.0
-                best_x = sign * x / norm
-                best_y = sign * y / norm
-                best_z = sign * z / norm
-        if best >= cos_max:
-            sum_x += weight * best_x
-            sum_y += weight * best_y
-            sum_z += weight * best_z
+            if x == 0.0 and y == 0.0 and z == 0.0:
+                break  # the absent peaks come last
+            cosine = x * dx + y * dy + z * dz
+            corner_nan |= math.isnan(cosine)
+            size = abs(cosine)
+            closer = size > best
+            best = size if closer else best
+            signed = cosine if closer else signed
+            best_x = x if closer else best_x
+            best_y = y if closer else best_y
+            best_z = z if closer else best_z
+        invalid |= corner_nan and weight > 0.0
+        used = weight if best >= cos_max else 0.0
+        used = -used if signed < 0.0 else used
+        sum_x += used * best_x
+        sum_y += used * best_y
+        sum_z += used * best_z
+    if invalid:
+        return GETTER_INVALID
     norm = math.sqrt(sum_x * sum_x + sum_y * sum_y + sum_z * sum_z)
     if norm == 0.0:
         return GETTER_NO_DIRECTION
@@ -184,7 +226,8 @@ def _initial_odf_direction(vertices, direction, scratch, n_coef):
         direction[axis] = vertices[best_v, axis]
 
 
-@njit(GETTER_SIGNATURE, nogil=True, cache=True)
+@stable_plugin
+@njit(GETTER_SIGNATURE, nogil=True, cache=True, inline="always")
 def max_odf(field, basis, vertices, point, direction, params, rng_state, scratch):
     """Deterministic maximum of the ODF from SH coefficients (dipy's deterministic tracker).
 
@@ -225,7 +268,8 @@ def max_odf(field, basis, vertices, point, direction, params, rng_state, scratch
     return GETTER_OK
 
 
-@njit(GETTER_SIGNATURE, nogil=True, cache=True)
+@stable_plugin
+@njit(GETTER_SIGNATURE, nogil=True, cache=True, inline="always")
 def probabilistic_odf(field, basis, vertices, point, direction, params, rng_state, scratch):
     """Probabilistic direction from SH coefficients (dipy's probabilistic tracker).
 
