@@ -99,7 +99,7 @@ def test_kernel_equals_pure_python_twin(field_name, getter):
         max_steps,
         min_points,
         np.uint64(0),
-        arrays.field.shape[3] + arrays.basis.shape[0] + 8,
+        arrays.field.shape[3] + arrays.basis.shape[1] + 8,
     )
     if getter == "peak_following":
         # The twin reads the fit's raw peaks and normalises them itself.
@@ -112,7 +112,7 @@ def test_kernel_equals_pure_python_twin(field_name, getter):
 
         def next_direction(point, direction):
             return naive.odf_direction(
-                arrays.field, arrays.basis, arrays.vertices, point, direction, cos_max, 0.1
+                arrays.field, arrays.basis.T, arrays.vertices, point, direction, cos_max, 0.1
             )
 
     def stop(point):

@@ -42,10 +42,10 @@ _METHODS = ("deterministic", "probabilistic")
 
 @dataclass(frozen=True)
 class FieldArrays:
-    """The numpy inputs of the engine (all C-ordered float64).
+    """The numpy inputs of the engine (C-ordered; float64 but the basis, float32).
 
     ``field`` ``(i, j, k, channel)``: unit peak directions (``peak * 3``) or SH coefficients;
-    ``basis`` ``(n_hemisphere_vertices, n_coefficients)`` and ``vertices``
+    ``basis`` ``(n_coefficients, n_hemisphere_vertices)`` float32 and ``vertices``
     ``(n_hemisphere_vertices, 3)`` (empty for peaks); ``stop_map`` ``(i, j, k)``.
     """
 
@@ -109,7 +109,7 @@ def _run_range(
         params.max_steps,
         params.min_points,
         np.uint64(params.rng),
-        fields.field.shape[3] + fields.basis.shape[0] + 8,
+        fields.field.shape[3] + fields.basis.shape[1] + 8,
         affine=np.asarray(params.affine, dtype=np.float64),
         dtype=np.float32,
     )
@@ -235,7 +235,7 @@ def _field_arrays(
                 f"peak_dirs: the xyz dim must have 3 entries, got {values.shape[-1]}"
             )
         data = unit_peaks(np.ascontiguousarray(values.reshape(*values.shape[:3], -1)))
-        return FieldArrays(data, np.zeros((0, 0)), np.zeros((0, 3)), stop_map)
+        return FieldArrays(data, np.zeros((0, 0), np.float32), np.zeros((0, 3)), stop_map)
     ordered = field.transpose(*spatial, "sh")
     n_coef = ordered.sizes["sh"]
     order = sh_order_from_count(n_coef, str(field.name or "shm_coeff"))
@@ -252,6 +252,7 @@ def _field_arrays(
         bool(field.attrs.get("sh_legacy", True)),
     )
     data = np.ascontiguousarray(ordered.values, dtype=np.float64)
+    basis = np.ascontiguousarray(basis.T, dtype=np.float32)
     return FieldArrays(data, basis, vertices, stop_map)
 
 
@@ -504,7 +505,7 @@ def seed_directions(
     getter = direction_getter_function(getter_name)
     params = np.array([1.0, 0.0])
     state = np.zeros(3, np.uint64)
-    scratch = np.empty(arrays.field.shape[3] + arrays.basis.shape[0] + 8)
+    scratch = np.empty(arrays.field.shape[3] + arrays.basis.shape[1] + 8, np.float32)
     out = np.full((len(world), 3), np.nan)
     direction = np.zeros(3)
     for n, point in enumerate(voxels):

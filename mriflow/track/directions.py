@@ -4,15 +4,16 @@ Every getter has :data:`mriflow.track.kernels.GETTER_SIGNATURE`::
 
     status = getter(field, basis, vertices, point, direction, params, rng_state, scratch)
 
-- ``field`` ``(i, j, k, channel)``: peak directions (``peak * 3`` channels) or SH
-  coefficients; ``basis`` ``(n_hemisphere_vertices, n_coefficients)`` and ``vertices``
-  ``(n_hemisphere_vertices, 3)`` describe the sphere (empty for peaks);
+- ``field`` ``(i, j, k, channel)``: unit peak directions (``peak * 3`` channels, see
+  :func:`unit_peaks`) or SH coefficients; ``basis`` ``(n_coefficients,
+  n_hemisphere_vertices)`` float32 and ``vertices`` ``(n_hemisphere_vertices, 3)``
+  describe the sphere (empty for peaks);
 - ``point``: voxel indices; ``direction`` (unit, voxel frame, mm): the previous step's
   direction on input, replaced by the next one; all zeros asks for the initial direction
   at a seed (the strongest fibre there);
 - ``params``: ``[cos(max_angle), pmf_threshold]``; ``rng_state``: the streamline's
-  counter-based stream (:mod:`mriflow.track.rng`); ``scratch``: workspace of at least
-  ``n_coefficients + n_hemisphere_vertices`` values;
+  counter-based stream (:mod:`mriflow.track.rng`); ``scratch``: float32 workspace of at
+  least ``n_coefficients + n_hemisphere_vertices`` values;
 - returns ``GETTER_OK``, ``GETTER_NO_DIRECTION`` (nothing within ``max_angle`` or above the
   pmf threshold) or ``GETTER_INVALID`` (NaN in the field).
 
@@ -180,10 +181,12 @@ def peak_following(field, basis, vertices, point, direction, params, rng_state, 
 
 @njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
 def _odf_on_hemisphere(field, basis, point, scratch):
-    """Interpolate SH coefficients at ``point`` and evaluate the ODF (negatives clipped)
-    on the hemisphere into ``scratch[n_coef:]``. Returns (status, max value)."""
-    n_coef = field.shape[3]
-    n_vertices = basis.shape[0]
+    """Interpolate SH coefficients at ``point`` into ``scratch[:n_coef]`` and evaluate the
+    ODF (negatives clipped) on the hemisphere into ``scratch[n_coef:]``, in float32:
+    ``basis`` is ``(n_coef, n_vertices)`` so the product runs along contiguous vertices.
+    Returns (status, max value)."""
+    n_coef = basis.shape[0]
+    n_vertices = basis.shape[1]
     shape = (field.shape[0], field.shape[1], field.shape[2])
     cell = trilinear_cell(shape, point)
     if not cell[0]:
@@ -195,23 +198,24 @@ def _odf_on_hemisphere(field, basis, point, scratch):
         if weight <= 0.0:
             continue
         for c in range(n_coef):
-            scratch[c] += weight * field[i, j, k, c]
+            scratch[c] += np.float32(weight * field[i, j, k, c])
     for c in range(n_coef):
         if math.isnan(scratch[c]):
             return GETTER_INVALID, 0.0
-    top = 0.0
+    odf = scratch[n_coef : n_coef + n_vertices]
+    odf[:] = 0.0
+    for c in range(n_coef):
+        coefficient = scratch[c]
+        for v in range(n_vertices):
+            odf[v] += coefficient * basis[c, v]
+    top = np.float32(0.0)
     for v in range(n_vertices):
-        value = 0.0
-        for c in range(n_coef):
-            value += basis[v, c] * scratch[c]
-        if value < 0.0:
-            value = 0.0
-        scratch[n_coef + v] = value
-        if value > top:
-            top = value
+        value = max(odf[v], np.float32(0.0))
+        odf[v] = value
+        top = max(top, value)
     if top <= 0.0:
         return GETTER_NO_DIRECTION, 0.0
-    return GETTER_OK, top
+    return GETTER_OK, float(top)
 
 
 @njit(nogil=True, cache=True)
@@ -268,6 +272,17 @@ def max_odf(field, basis, vertices, point, direction, params, rng_state, scratch
     return GETTER_OK
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _pmf_value(scratch, index, vertices, v, dx, dy, dz, floor, cos_max):
+    """The pmf at vertex ``v``: its ODF value ``scratch[index]`` if at or above ``floor`` and
+    within the cone ``|cos| >= cos_max`` around ``(dx, dy, dz)``, else 0 (stored back)."""
+    value = scratch[index]
+    cosine = vertices[v, 0] * dx + vertices[v, 1] * dy + vertices[v, 2] * dz
+    value = value if (value >= floor and abs(cosine) >= cos_max) else np.float32(0.0)
+    scratch[index] = value
+    return value
+
+
 @stable_plugin
 @njit(GETTER_SIGNATURE, nogil=True, cache=True, inline="always")
 def probabilistic_odf(field, basis, vertices, point, direction, params, rng_state, scratch):
@@ -287,27 +302,43 @@ def probabilistic_odf(field, basis, vertices, point, direction, params, rng_stat
         return GETTER_OK
     cos_max = params[0]
     floor = params[1] * top
-    total = 0.0
-    for v in range(vertices.shape[0]):
-        value = scratch[n_coef + v]
-        if value < floor:
-            value = 0.0
-        else:
-            cosine = (
-                vertices[v, 0] * direction[0]
-                + vertices[v, 1] * direction[1]
-                + vertices[v, 2] * direction[2]
-            )
-            if abs(cosine) < cos_max:
-                value = 0.0
-        total += value
-        scratch[n_coef + v] = total
+    n_vertices = vertices.shape[0]
+    dx = direction[0]
+    dy = direction[1]
+    dz = direction[2]
+    # The pmf: ODF values at or above the floor, within max_angle (branch-free), summed
+    # in four partial sums (a shorter dependency chain than one running sum).
+    sum0 = 0.0
+    sum1 = 0.0
+    sum2 = 0.0
+    sum3 = 0.0
+    last = -1
+    for base in range(0, n_vertices, 4):
+        for lane in range(4):
+            v = base + lane
+            if v >= n_vertices:
+                break
+            value = _pmf_value(scratch, n_coef + v, vertices, v, dx, dy, dz, floor, cos_max)
+            last = v if value > 0.0 else last
+            if lane == 0:
+                sum0 += value
+            elif lane == 1:
+                sum1 += value
+            elif lane == 2:
+                sum2 += value
+            else:
+                sum3 += value
+    total = (sum0 + sum1) + (sum2 + sum3)
     if total <= 0.0:
         return GETTER_NO_DIRECTION
     target = uniform(rng_state) * total
-    chosen = vertices.shape[0] - 1
-    for v in range(vertices.shape[0]):
-        if scratch[n_coef + v] > target:
+    # The first vertex whose running sum passes the target (the last kept one if rounding
+    # leaves the running sum short of it).
+    chosen = last
+    running = 0.0
+    for v in range(last):
+        running += scratch[n_coef + v]
+        if running > target:
             chosen = v
             break
     cosine = (

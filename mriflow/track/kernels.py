@@ -79,13 +79,13 @@ STOP_REASONS = ("none", "endpoint", "outside", "angle", "max_length", "invalid")
 #: ``direction`` is read and overwritten; all zeros asks for the seed's initial direction.
 GETTER_SIGNATURE = types.int64(
     types.float64[:, :, :, ::1],  # field (i, j, k, channel)
-    types.float64[:, ::1],  # basis (hemisphere vertices, coefficients) or empty
+    types.float32[:, ::1],  # basis (coefficients, hemisphere vertices) or empty
     types.float64[:, ::1],  # hemisphere vertices (voxel frame) or empty
     types.float64[::1],  # point (voxel indices)
     types.float64[::1],  # direction (in/out)
     types.float64[::1],  # getter params: cos(max_angle), pmf_threshold
     types.uint64[::1],  # rng state
-    types.float64[::1],  # scratch
+    types.float32[::1],  # scratch
 )
 #: ``status = stopper(stop_map, point, params)``.
 STOPPER_SIGNATURE = types.int64(types.float64[:, :, ::1], types.float64[::1], types.float64[::1])
@@ -220,7 +220,7 @@ def _make_driver(getter: Any, stopper: Any) -> Callable[..., Any]:
         direction = np.empty(3)
         first_step = np.empty(3)
         rng_state = np.zeros(RNG_STATE_SIZE, np.uint64)
-        scratch = np.empty(scratch_size)
+        scratch = np.empty(scratch_size, np.float32)
         centre = max_points
         for s in range(n_seeds):
             rng_state[0] = rng_key
