@@ -162,7 +162,8 @@ def stable_plugin(plugin: Any) -> Any:
     each captured function and of the functions that one calls (so an edited getter gets
     a new entry), and with each dispatcher's id, random per process unless set here.
     """
-    if getattr(plugin, "_MemoMixin__uuid", None) is None:
+    if getattr(plugin, "_MemoMixin__uuid", None) is None and hasattr(plugin, "_set_uuid"):
+        # numba internals: without them the drivers still work, compiled once per process.
         function = plugin.py_func
         plugin._set_uuid(f"{_STABLE_PREFIX}{function.__module__}.{function.__qualname__}")
     for callee in _jitted_callees(plugin):
