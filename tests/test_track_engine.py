@@ -99,10 +99,12 @@ def test_kernel_equals_pure_python_twin(field_name, getter):
         max_steps,
         min_points,
         np.uint64(0),
-        arrays.field.shape[3] + arrays.basis.shape[0] + 8,
+        arrays.field.shape[3] + arrays.basis.shape[1] + 8,
     )
     if getter == "peak_following":
-        peaks = arrays.field.reshape(*arrays.field.shape[:3], -1, 3)
+        # The twin reads the fit's raw peaks and normalises them itself.
+        raw = fitted()[1].peak_dirs
+        peaks = np.asarray(raw.transpose(*raw.mri.spatial_dims, "peak", "xyz"), dtype=np.float64)
 
         def next_direction(point, direction):
             return naive.peak_direction(peaks, point, direction, cos_max)
@@ -110,7 +112,7 @@ def test_kernel_equals_pure_python_twin(field_name, getter):
 
         def next_direction(point, direction):
             return naive.odf_direction(
-                arrays.field, arrays.basis, arrays.vertices, point, direction, cos_max, 0.1
+                arrays.field, arrays.basis.T, arrays.vertices, point, direction, cos_max, 0.1
             )
 
     def stop(point):
@@ -253,3 +255,47 @@ def test_planned_job_pickles_and_batches_concatenate_to_the_whole():
     counts = np.concatenate([np.diff(p["offsets"]) for p in parts])
     np.testing.assert_array_equal(counts, whole.n_points)
     np.testing.assert_allclose(whole.affine, fit.gfa.mri.affine)
+
+
+def test_unit_peaks_normalises_once_and_puts_absent_peaks_last():
+    from mriflow.track.directions import unit_peaks
+
+    peaks = np.zeros((1, 1, 2, 9))
+    peaks[0, 0, 0, :] = [0, 0, 0, 3, 0, 4, 0, 2, 0]  # absent, (3, 0, 4), (0, 2, 0)
+    peaks[0, 0, 1, :] = [np.nan, 1, 0, 0, 0, 0, 1, 1, 1]
+    prepared = unit_peaks(peaks)
+    np.testing.assert_array_equal(prepared[0, 0, 0], [0.6, 0, 0.8, 0, 1, 0, 0, 0, 0])
+    assert np.isnan(prepared[0, 0, 1, :3]).all()  # NaN stays, in its place
+    root = 1 / math.sqrt(3)
+    np.testing.assert_allclose(prepared[0, 0, 1, 3:6], [root] * 3, rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(prepared[0, 0, 1, 6:], 0)
+
+
+def test_kernel_maps_points_through_the_affine_into_float32():
+    _, arrays, seeds = _engine_inputs("peak_dirs", "peak_following", 6)
+    affine = np.array([[0, -2.0, 0, 10], [1.5, 0, 0, -4], [0, 0, 2.5, 3], [0, 0, 0, 1]])
+    common = (
+        mt.direction_getter("peak_following"),
+        threshold_check,
+        arrays.field,
+        arrays.basis,
+        arrays.vertices,
+        arrays.stop_map,
+        seeds,
+        np.arange(len(seeds), dtype=np.int64),
+        np.array([0.25, 0.25, 0.25]),
+        np.array([math.cos(math.radians(30)), 0.1]),
+        np.array([GFA_THRESHOLD]),
+        200,
+        3,
+        np.uint64(0),
+        arrays.field.shape[3] + arrays.basis.shape[1] + 8,
+    )
+    voxels, lengths, reasons = track_seed_range(*common)
+    world, world_lengths, world_reasons = track_seed_range(*common, affine=affine, dtype=np.float32)
+    assert world.dtype == np.float32
+    assert len(voxels) > 100
+    np.testing.assert_array_equal(world_lengths, lengths)
+    np.testing.assert_array_equal(world_reasons, reasons)
+    expected = voxels @ affine[:3, :3].T + affine[:3, 3]
+    np.testing.assert_allclose(world, expected, rtol=1e-6, atol=1e-5)

@@ -44,17 +44,29 @@ def threshold_stop(stop_map, point, threshold):
     return 0 if value > threshold else ENDPOINT
 
 
+def unit_peak(peak):
+    """A stored peak scaled to unit length (None for a zero peak): the engine normalises
+    the peaks once when it prepares the field, with this arithmetic."""
+    peak = [float(v) for v in peak]
+    norm = math.sqrt(peak[0] * peak[0] + peak[1] * peak[1] + peak[2] * peak[2])
+    if norm == 0:
+        return None
+    return [v / norm for v in peak]
+
+
 def peak_direction(peaks, point, direction, cos_max):
-    """Next direction by peak following, or an int failure code."""
+    """Next direction by peak following from raw stored peaks, or an int failure code."""
     shape = peaks.shape[:3]
     if direction is None:
         idx = tuple(
             min(max(math.floor(p + 0.5), 0), n - 1) for p, n in zip(point, shape, strict=True)
         )
         for peak in peaks[idx]:
-            norm = math.sqrt(sum(float(v) ** 2 for v in peak))
-            if norm > 0:
-                return [float(v) / norm for v in peak]
+            if any(math.isnan(float(v)) for v in peak):
+                return INVALID
+            unit = unit_peak(peak)
+            if unit is not None:
+                return unit
         return ANGLE
     corners = cell(shape, point)
     if corners is None:
@@ -65,17 +77,16 @@ def peak_direction(peaks, point, direction, cos_max):
             continue
         best, best_vec = -1.0, None
         for peak in peaks[idx]:
-            peak = [float(v) for v in peak]
-            if any(math.isnan(v) for v in peak):
+            if any(math.isnan(float(v)) for v in peak):
                 return INVALID
-            norm = math.sqrt(sum(v * v for v in peak))
-            if norm == 0:
+            unit = unit_peak(peak)
+            if unit is None:
                 continue
-            cosine = sum(p * d for p, d in zip(peak, direction, strict=True)) / norm
+            cosine = sum(p * d for p, d in zip(unit, direction, strict=True))
             if abs(cosine) > best:
                 best = abs(cosine)
                 sign = 1.0 if cosine >= 0 else -1.0
-                best_vec = [sign * v / norm for v in peak]
+                best_vec = [sign * v for v in unit]
         if best >= cos_max:
             total = [t + weight * v for t, v in zip(total, best_vec, strict=True)]
     norm = math.sqrt(sum(t * t for t in total))

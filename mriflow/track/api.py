@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+from numba import njit
 
 from mriflow.errors import TrackingInputError, TrackingWarning
-from mriflow.track.directions import FIELD_KINDS, direction_getter
+from mriflow.track.directions import FIELD_KINDS, direction_getter, unit_peaks
 from mriflow.track.directions import direction_getter as direction_getter_function
 from mriflow.track.kernels import track_seed_range
 from mriflow.track.sphere import hemisphere, sh_basis_matrix, sh_order_from_count
@@ -33,6 +34,7 @@ __all__ = [
     "TrackingParams",
     "plan_tracking",
     "seed_directions",
+    "spatial_order",
     "track",
     "track_batch",
 ]
@@ -42,10 +44,10 @@ _METHODS = ("deterministic", "probabilistic")
 
 @dataclass(frozen=True)
 class FieldArrays:
-    """The numpy inputs of the engine (all C-ordered float64).
+    """The numpy inputs of the engine (C-ordered; float64 but the basis, float32).
 
-    ``field`` ``(i, j, k, channel)``: peak directions (``peak * 3``) or SH coefficients;
-    ``basis`` ``(n_hemisphere_vertices, n_coefficients)`` and ``vertices``
+    ``field`` ``(i, j, k, channel)``: unit peak directions (``peak * 3``) or SH coefficients;
+    ``basis`` ``(n_coefficients, n_hemisphere_vertices)`` float32 and ``vertices``
     ``(n_hemisphere_vertices, 3)`` (empty for peaks); ``stop_map`` ``(i, j, k)``.
     """
 
@@ -109,8 +111,36 @@ def _run_range(
         params.max_steps,
         params.min_points,
         np.uint64(params.rng),
-        fields.field.shape[3] + fields.basis.shape[0] + 8,
+        fields.field.shape[3] + fields.basis.shape[1] + 8,
+        affine=np.asarray(params.affine, dtype=np.float64),
+        dtype=np.float32,
     )
+
+
+def spatial_order(points: np.ndarray) -> np.ndarray:
+    """A stable order of ``points`` (voxel indices, ``(n, 3)``) along a Morton (Z-order)
+    curve over their nearest voxels, so that points close in space come close in order."""
+    voxels = np.clip(np.rint(points), 0, 2**20 - 1).astype(np.int64)
+    code = np.zeros(len(voxels), np.int64)
+    for bit in range(20):
+        for axis in range(3):
+            code |= ((voxels[:, axis] >> bit) & 1) << (3 * bit + axis)
+    return np.argsort(code, kind="stable")
+
+
+@njit(nogil=True, cache=True)
+def _place_streamlines(
+    points: np.ndarray, lengths: np.ndarray, starts: np.ndarray, positions: np.ndarray
+) -> None:
+    """Copy consecutive streamlines (``lengths[n]`` points each) from ``points`` to rows
+    ``starts[n]...`` of ``positions``."""
+    source = 0
+    for n in range(lengths.shape[0]):
+        target = starts[n]
+        for row in range(lengths[n]):
+            for axis in range(3):
+                positions[target + row, axis] = points[source + row, axis]
+        source += lengths[n]
 
 
 def track_batch(
@@ -121,42 +151,51 @@ def track_batch(
 ) -> dict[str, np.ndarray]:
     """Track seeds given in voxel indices of the field grid; a pure function.
 
-    Seeds are cut into ``params.batch_size`` ranges run on ``params.n_threads`` threads
-    (0: one per CPU) by the nogil kernel; results are gathered in seed order with a
-    count-then-fill pass. Returns flat arrays: ``positions`` ``(n_points, 3)`` float32 RAS
-    mm, ``offsets`` ``(n + 1,)`` int64, ``seed_ids`` ``(n,)`` int64, ``stop_reasons``
-    ``(n, 2)`` uint8, for the kept streamlines.
+    Seeds are put in a space-filling-curve order (:func:`spatial_order`) and cut into
+    ``params.batch_size`` ranges run on ``params.n_threads`` threads (0: one per CPU) by
+    the nogil kernel; results are gathered in input seed order with a count-then-fill pass.
+    Returns flat arrays: ``positions`` ``(n_points, 3)`` float32 RAS mm, ``offsets``
+    ``(n + 1,)`` int64, ``seed_ids`` ``(n,)`` int64, ``stop_reasons`` ``(n, 2)`` uint8,
+    for the kept streamlines.
     """
     seeds_voxel = np.ascontiguousarray(seeds_voxel, dtype=np.float64).reshape(-1, 3)
     seed_ids = np.ascontiguousarray(seed_ids, dtype=np.int64).reshape(-1)
     n_seeds = len(seeds_voxel)
+    # Track in a space-filling-curve order: neighbouring seeds run one after another and
+    # reuse the field in cache. Every streamline depends only on its seed and seed id, so
+    # the order changes no result; the output is put back in input order below.
+    order = spatial_order(seeds_voxel)
+    sorted_seeds = np.ascontiguousarray(seeds_voxel[order])
+    sorted_ids = np.ascontiguousarray(seed_ids[order])
     size = max(int(params.batch_size), 1)
     ranges = [(start, min(start + size, n_seeds)) for start in range(0, n_seeds, size)]
     n_threads = params.n_threads or os.cpu_count() or 1
 
     def run(bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         start, stop = bounds
-        return _run_range(fields, seeds_voxel[start:stop], seed_ids[start:stop], params)
+        return _run_range(fields, sorted_seeds[start:stop], sorted_ids[start:stop], params)
 
     if n_threads == 1 or len(ranges) <= 1:
         parts = [run(bounds) for bounds in ranges]
     else:
         with ThreadPoolExecutor(max_workers=n_threads) as pool:
             parts = list(pool.map(run, ranges))
-    # count ...
-    lengths = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
-    reasons = np.concatenate([p[2] for p in parts]) if parts else np.zeros((0, 2), np.uint8)
+    # count (in input order) ...
+    lengths = np.zeros(n_seeds, np.int64)
+    reasons = np.zeros((n_seeds, 2), np.uint8)
+    if parts:
+        lengths[order] = np.concatenate([p[1] for p in parts])
+        reasons[order] = np.concatenate([p[2] for p in parts])
     kept = lengths > 0
     offsets = np.zeros(int(kept.sum()) + 1, np.int64)
     np.cumsum(lengths[kept], out=offsets[1:])
-    # ... then fill.
-    affine = np.asarray(params.affine, dtype=np.float64)
+    starts = np.cumsum(lengths) - lengths  # where each seed's points go
+    # ... then fill (the kernel already wrote float32 RAS mm), freeing each range once placed.
     positions = np.empty((int(offsets[-1]), 3), np.float32)
-    filled = 0
-    for points, _, _ in parts:
-        if len(points):
-            positions[filled : filled + len(points)] = points @ affine[:3, :3].T + affine[:3, 3]
-            filled += len(points)
+    for n, (start, stop) in enumerate(ranges):
+        points, range_lengths, _ = parts[n]
+        _place_streamlines(points, range_lengths, starts[order[start:stop]], positions)
+        parts[n] = None  # type: ignore[call-overload]
     return {
         "positions": positions,
         "offsets": offsets,
@@ -233,8 +272,8 @@ def _field_arrays(
             raise TrackingInputError(
                 f"peak_dirs: the xyz dim must have 3 entries, got {values.shape[-1]}"
             )
-        data = values.reshape(*values.shape[:3], -1)
-        return FieldArrays(np.ascontiguousarray(data), np.zeros((0, 0)), np.zeros((0, 3)), stop_map)
+        data = unit_peaks(np.ascontiguousarray(values.reshape(*values.shape[:3], -1)))
+        return FieldArrays(data, np.zeros((0, 0), np.float32), np.zeros((0, 3)), stop_map)
     ordered = field.transpose(*spatial, "sh")
     n_coef = ordered.sizes["sh"]
     order = sh_order_from_count(n_coef, str(field.name or "shm_coeff"))
@@ -251,6 +290,7 @@ def _field_arrays(
         bool(field.attrs.get("sh_legacy", True)),
     )
     data = np.ascontiguousarray(ordered.values, dtype=np.float64)
+    basis = np.ascontiguousarray(basis.T, dtype=np.float32)
     return FieldArrays(data, basis, vertices, stop_map)
 
 
@@ -503,7 +543,7 @@ def seed_directions(
     getter = direction_getter_function(getter_name)
     params = np.array([1.0, 0.0])
     state = np.zeros(3, np.uint64)
-    scratch = np.empty(arrays.field.shape[3] + arrays.basis.shape[0] + 8)
+    scratch = np.empty(arrays.field.shape[3] + arrays.basis.shape[1] + 8, np.float32)
     out = np.full((len(world), 3), np.nan)
     direction = np.zeros(3)
     for n, point in enumerate(voxels):

@@ -4,15 +4,16 @@ Every getter has :data:`mriflow.track.kernels.GETTER_SIGNATURE`::
 
     status = getter(field, basis, vertices, point, direction, params, rng_state, scratch)
 
-- ``field`` ``(i, j, k, channel)``: peak directions (``peak * 3`` channels) or SH
-  coefficients; ``basis`` ``(n_hemisphere_vertices, n_coefficients)`` and ``vertices``
-  ``(n_hemisphere_vertices, 3)`` describe the sphere (empty for peaks);
+- ``field`` ``(i, j, k, channel)``: unit peak directions (``peak * 3`` channels, see
+  :func:`unit_peaks`) or SH coefficients; ``basis`` ``(n_coefficients,
+  n_hemisphere_vertices)`` float32 and ``vertices`` ``(n_hemisphere_vertices, 3)``
+  describe the sphere (empty for peaks);
 - ``point``: voxel indices; ``direction`` (unit, voxel frame, mm): the previous step's
   direction on input, replaced by the next one; all zeros asks for the initial direction
   at a seed (the strongest fibre there);
 - ``params``: ``[cos(max_angle), pmf_threshold]``; ``rng_state``: the streamline's
-  counter-based stream (:mod:`mriflow.track.rng`); ``scratch``: workspace of at least
-  ``n_coefficients + n_hemisphere_vertices`` values;
+  counter-based stream (:mod:`mriflow.track.rng`); ``scratch``: float32 workspace of at
+  least ``n_coefficients + n_hemisphere_vertices`` values;
 - returns ``GETTER_OK``, ``GETTER_NO_DIRECTION`` (nothing within ``max_angle`` or above the
   pmf threshold) or ``GETTER_INVALID`` (NaN in the field).
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 from numba import njit
 
 from mriflow.errors import TrackingInputError
@@ -32,6 +34,7 @@ from mriflow.track.kernels import (
     GETTER_NO_DIRECTION,
     GETTER_OK,
     GETTER_SIGNATURE,
+    stable_plugin,
     trilinear_cell,
 )
 from mriflow.track.rng import uniform
@@ -44,6 +47,7 @@ __all__ = [
     "peak_following",
     "probabilistic_odf",
     "register_direction_getter",
+    "unit_peaks",
 ]
 
 
@@ -64,18 +68,50 @@ def _corner_jit(cell, corner):
     return i, j, k, weight
 
 
-@njit(GETTER_SIGNATURE, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
+def unit_peaks(peaks):
+    """Peak directions ``(i, j, k, peak * 3)`` prepared once for :func:`peak_following`.
+
+    Every peak is scaled to unit length (``x / sqrt(x * x + y * y + z * z)`` per
+    component; NaN stays NaN) and each voxel's non-zero peaks are moved to the front, in
+    their order, with the zero (absent) peaks after them, so the getter stops at the
+    first zero peak.
+    """
+    n_values = peaks.shape[3]
+    flat = peaks.reshape(-1, n_values)
+    out = np.zeros_like(flat)
+    for voxel in range(flat.shape[0]):
+        kept = 0
+        for start in range(0, n_values - 2, 3):
+            x = flat[voxel, start]
+            y = flat[voxel, start + 1]
+            z = flat[voxel, start + 2]
+            norm = math.sqrt(x * x + y * y + z * z)
+            if norm == 0.0:
+                continue
+            out[voxel, kept] = x / norm
+            out[voxel, kept + 1] = y / norm
+            out[voxel, kept + 2] = z / norm
+            kept += 3
+    return out.reshape(peaks.shape)
+
+
+@stable_plugin
+@njit(GETTER_SIGNATURE, nogil=True, cache=True, inline="always")
 def peak_following(field, basis, vertices, point, direction, params, rng_state, scratch):
     """Deterministic peak following (EuDX-like).
 
-    In each of the 8 voxels around ``point`` take the peak closest to ``direction``
-    (either sign); keep it if within ``max_angle``; the next direction is the
-    trilinear-weighted sum of the kept peaks, normalised. At a seed: the first (largest)
-    peak of the nearest voxel.
+    ``field`` holds unit peaks, present ones first (:func:`unit_peaks`). In each of the 8
+    voxels around ``point`` take the peak closest to ``direction`` (either sign); keep it
+    if within ``max_angle``; the next direction is the trilinear-weighted sum of the kept
+    peaks, normalised. At a seed: the first non-zero peak of the nearest voxel.
     """
     n_peaks = field.shape[3] // 3
     shape = (field.shape[0], field.shape[1], field.shape[2])
-    if direction[0] == 0.0 and direction[1] == 0.0 and direction[2] == 0.0:
+    dx = direction[0]
+    dy = direction[1]
+    dz = direction[2]
+    if dx == 0.0 and dy == 0.0 and dz == 0.0:
         i = min(max(math.floor(point[0] + 0.5), 0), shape[0] - 1)
         j = min(max(math.floor(point[1] + 0.5), 0), shape[1] - 1)
         k = min(max(math.floor(point[2] + 0.5), 0), shape[2] - 1)
@@ -85,12 +121,12 @@ def peak_following(field, basis, vertices, point, direction, params, rng_state, 
             z = field[i, j, k, 3 * p + 2]
             if math.isnan(x) or math.isnan(y) or math.isnan(z):
                 return GETTER_INVALID
-            norm = math.sqrt(x * x + y * y + z * z)
-            if norm > 0.0:
-                direction[0] = x / norm
-                direction[1] = y / norm
-                direction[2] = z / norm
-                return GETTER_OK
+            if x == 0.0 and y == 0.0 and z == 0.0:
+                break  # the absent peaks come last
+            direction[0] = x
+            direction[1] = y
+            direction[2] = z
+            return GETTER_OK
         return GETTER_NO_DIRECTION
     cell = trilinear_cell(shape, point)
     if not cell[0]:
@@ -99,34 +135,41 @@ def peak_following(field, basis, vertices, point, direction, params, rng_state, 
     sum_x = 0.0
     sum_y = 0.0
     sum_z = 0.0
+    invalid = False
+    # Branch-free selection (the comparisons become selects): a zero-weight corner adds
+    # exact zeros, a zero peak (cosine 0) is never within max_angle (cos_max > 0), so the
+    # result is that of skipping both.
     for corner in range(8):
         i, j, k, weight = _corner_jit(cell, corner)
-        if weight <= 0.0:
-            continue
         best = -1.0
+        signed = 0.0
         best_x = 0.0
         best_y = 0.0
         best_z = 0.0
+        corner_nan = False
         for p in range(n_peaks):
             x = field[i, j, k, 3 * p]
             y = field[i, j, k, 3 * p + 1]
             z = field[i, j, k, 3 * p + 2]
-            if math.isnan(x) or math.isnan(y) or math.isnan(z):
-                return GETTER_INVALID
-            norm = math.sqrt(x * x + y * y + z * z)
-            if norm == 0.0:
-                continue
-            cosine = (x * direction[0] + y * direction[1] + z * direction[2]) / norm
-            if abs(cosine) > best:
-                best = abs(cosine)
-                sign = 1.0 if cosine >= 0.0 else -1.0
-                best_x = sign * x / norm
-                best_y = sign * y / norm
-                best_z = sign * z / norm
-        if best >= cos_max:
-            sum_x += weight * best_x
-            sum_y += weight * best_y
-            sum_z += weight * best_z
+            if x == 0.0 and y == 0.0 and z == 0.0:
+                break  # the absent peaks come last
+            cosine = x * dx + y * dy + z * dz
+            corner_nan |= math.isnan(cosine)
+            size = abs(cosine)
+            closer = size > best
+            best = size if closer else best
+            signed = cosine if closer else signed
+            best_x = x if closer else best_x
+            best_y = y if closer else best_y
+            best_z = z if closer else best_z
+        invalid |= corner_nan and weight > 0.0
+        used = weight if best >= cos_max else 0.0
+        used = -used if signed < 0.0 else used
+        sum_x += used * best_x
+        sum_y += used * best_y
+        sum_z += used * best_z
+    if invalid:
+        return GETTER_INVALID
     norm = math.sqrt(sum_x * sum_x + sum_y * sum_y + sum_z * sum_z)
     if norm == 0.0:
         return GETTER_NO_DIRECTION
@@ -138,10 +181,12 @@ def peak_following(field, basis, vertices, point, direction, params, rng_state, 
 
 @njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
 def _odf_on_hemisphere(field, basis, point, scratch):
-    """Interpolate SH coefficients at ``point`` and evaluate the ODF (negatives clipped)
-    on the hemisphere into ``scratch[n_coef:]``. Returns (status, max value)."""
-    n_coef = field.shape[3]
-    n_vertices = basis.shape[0]
+    """Interpolate SH coefficients at ``point`` into ``scratch[:n_coef]`` and evaluate the
+    ODF (negatives clipped) on the hemisphere into ``scratch[n_coef:]``, in float32:
+    ``basis`` is ``(n_coef, n_vertices)`` so the product runs along contiguous vertices.
+    Returns (status, max value)."""
+    n_coef = basis.shape[0]
+    n_vertices = basis.shape[1]
     shape = (field.shape[0], field.shape[1], field.shape[2])
     cell = trilinear_cell(shape, point)
     if not cell[0]:
@@ -153,23 +198,24 @@ def _odf_on_hemisphere(field, basis, point, scratch):
         if weight <= 0.0:
             continue
         for c in range(n_coef):
-            scratch[c] += weight * field[i, j, k, c]
+            scratch[c] += np.float32(weight * field[i, j, k, c])
     for c in range(n_coef):
         if math.isnan(scratch[c]):
             return GETTER_INVALID, 0.0
-    top = 0.0
+    odf = scratch[n_coef : n_coef + n_vertices]
+    odf[:] = 0.0
+    for c in range(n_coef):
+        coefficient = scratch[c]
+        for v in range(n_vertices):
+            odf[v] += coefficient * basis[c, v]
+    top = np.float32(0.0)
     for v in range(n_vertices):
-        value = 0.0
-        for c in range(n_coef):
-            value += basis[v, c] * scratch[c]
-        if value < 0.0:
-            value = 0.0
-        scratch[n_coef + v] = value
-        if value > top:
-            top = value
+        value = max(odf[v], np.float32(0.0))
+        odf[v] = value
+        top = max(top, value)
     if top <= 0.0:
         return GETTER_NO_DIRECTION, 0.0
-    return GETTER_OK, top
+    return GETTER_OK, float(top)
 
 
 @njit(nogil=True, cache=True)
@@ -184,7 +230,8 @@ def _initial_odf_direction(vertices, direction, scratch, n_coef):
         direction[axis] = vertices[best_v, axis]
 
 
-@njit(GETTER_SIGNATURE, nogil=True, cache=True)
+@stable_plugin
+@njit(GETTER_SIGNATURE, nogil=True, cache=True, inline="always")
 def max_odf(field, basis, vertices, point, direction, params, rng_state, scratch):
     """Deterministic maximum of the ODF from SH coefficients (dipy's deterministic tracker).
 
@@ -225,7 +272,19 @@ def max_odf(field, basis, vertices, point, direction, params, rng_state, scratch
     return GETTER_OK
 
 
-@njit(GETTER_SIGNATURE, nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
+def _pmf_value(scratch, index, vertices, v, dx, dy, dz, floor, cos_max):
+    """The pmf at vertex ``v``: its ODF value ``scratch[index]`` if at or above ``floor`` and
+    within the cone ``|cos| >= cos_max`` around ``(dx, dy, dz)``, else 0 (stored back)."""
+    value = scratch[index]
+    cosine = vertices[v, 0] * dx + vertices[v, 1] * dy + vertices[v, 2] * dz
+    value = value if (value >= floor and abs(cosine) >= cos_max) else np.float32(0.0)
+    scratch[index] = value
+    return value
+
+
+@stable_plugin
+@njit(GETTER_SIGNATURE, nogil=True, cache=True, inline="always")
 def probabilistic_odf(field, basis, vertices, point, direction, params, rng_state, scratch):
     """Probabilistic direction from SH coefficients (dipy's probabilistic tracker).
 
@@ -243,27 +302,43 @@ def probabilistic_odf(field, basis, vertices, point, direction, params, rng_stat
         return GETTER_OK
     cos_max = params[0]
     floor = params[1] * top
-    total = 0.0
-    for v in range(vertices.shape[0]):
-        value = scratch[n_coef + v]
-        if value < floor:
-            value = 0.0
-        else:
-            cosine = (
-                vertices[v, 0] * direction[0]
-                + vertices[v, 1] * direction[1]
-                + vertices[v, 2] * direction[2]
-            )
-            if abs(cosine) < cos_max:
-                value = 0.0
-        total += value
-        scratch[n_coef + v] = total
+    n_vertices = vertices.shape[0]
+    dx = direction[0]
+    dy = direction[1]
+    dz = direction[2]
+    # The pmf: ODF values at or above the floor, within max_angle (branch-free), summed
+    # in four partial sums (a shorter dependency chain than one running sum).
+    sum0 = 0.0
+    sum1 = 0.0
+    sum2 = 0.0
+    sum3 = 0.0
+    last = -1
+    for base in range(0, n_vertices, 4):
+        for lane in range(4):
+            v = base + lane
+            if v >= n_vertices:
+                break
+            value = _pmf_value(scratch, n_coef + v, vertices, v, dx, dy, dz, floor, cos_max)
+            last = v if value > 0.0 else last
+            if lane == 0:
+                sum0 += value
+            elif lane == 1:
+                sum1 += value
+            elif lane == 2:
+                sum2 += value
+            else:
+                sum3 += value
+    total = (sum0 + sum1) + (sum2 + sum3)
     if total <= 0.0:
         return GETTER_NO_DIRECTION
     target = uniform(rng_state) * total
-    chosen = vertices.shape[0] - 1
-    for v in range(vertices.shape[0]):
-        if scratch[n_coef + v] > target:
+    # The first vertex whose running sum passes the target (the last kept one if rounding
+    # leaves the running sum short of it).
+    chosen = last
+    running = 0.0
+    for v in range(last):
+        running += scratch[n_coef + v]
+        if running > target:
             chosen = v
             break
     cosine = (

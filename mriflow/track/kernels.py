@@ -1,9 +1,13 @@
 """The tracking engine: one jitted driver integrating streamlines from a range of seeds.
 
 Direction getters and stopping checks are jitted functions with fixed signatures
-(:data:`GETTER_SIGNATURE`, :data:`STOPPER_SIGNATURE`) passed to the driver as first-class
-function values, so a new getter plugs in without touching the driver, and the driver is
-compiled once and cached on disk (it is typed on the signature, not on each function).
+(:data:`GETTER_SIGNATURE`, :data:`STOPPER_SIGNATURE`), looked up by name. The driver is
+written once (:func:`_make_driver`) and specialised per (getter, stopper) pair, so the
+plug-ins are direct calls the compiler can inline, not calls through function pointers
+(which cost more than half of the time of a peak-following step); a new getter still
+needs no change to the driver. Specialisations of the built-in plug-ins (marked with
+:func:`stable_plugin`) are cached on disk like any ``cache=True`` kernel; a driver for a
+user-registered plug-in is compiled once per process.
 
 Conventions inside the kernels:
 
@@ -17,9 +21,13 @@ Conventions inside the kernels:
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from numba import njit, types
+from numba.core.dispatcher import Dispatcher
 
 from mriflow.track.rng import RNG_STATE_SIZE
 
@@ -40,7 +48,9 @@ __all__ = [
     "REASON_MAX_LENGTH",
     "REASON_INVALID",
     "STOP_REASONS",
+    "stable_plugin",
     "track_seed_range",
+    "tracking_driver",
     "trilinear_cell",
 ]
 
@@ -69,35 +79,16 @@ STOP_REASONS = ("none", "endpoint", "outside", "angle", "max_length", "invalid")
 #: ``direction`` is read and overwritten; all zeros asks for the seed's initial direction.
 GETTER_SIGNATURE = types.int64(
     types.float64[:, :, :, ::1],  # field (i, j, k, channel)
-    types.float64[:, ::1],  # basis (hemisphere vertices, coefficients) or empty
+    types.float32[:, ::1],  # basis (coefficients, hemisphere vertices) or empty
     types.float64[:, ::1],  # hemisphere vertices (voxel frame) or empty
     types.float64[::1],  # point (voxel indices)
     types.float64[::1],  # direction (in/out)
     types.float64[::1],  # getter params: cos(max_angle), pmf_threshold
     types.uint64[::1],  # rng state
-    types.float64[::1],  # scratch
+    types.float32[::1],  # scratch
 )
 #: ``status = stopper(stop_map, point, params)``.
 STOPPER_SIGNATURE = types.int64(types.float64[:, :, ::1], types.float64[::1], types.float64[::1])
-
-_DRIVER_SIGNATURE = types.Tuple((types.float64[:, ::1], types.int64[::1], types.uint8[:, ::1]))(
-    types.FunctionType(GETTER_SIGNATURE),
-    types.FunctionType(STOPPER_SIGNATURE),
-    types.float64[:, :, :, ::1],
-    types.float64[:, ::1],
-    types.float64[:, ::1],
-    types.float64[:, :, ::1],
-    types.float64[:, ::1],
-    types.int64[::1],
-    types.float64[::1],
-    types.float64[::1],
-    types.float64[::1],
-    types.int64,
-    types.int64,
-    types.uint64,
-    types.int64,
-)
-
 
 #: ``(inside, i0, j0, k0, i1, j1, k1, fi, fj, fk)`` of :func:`trilinear_cell`.
 _CELL = types.Tuple((types.boolean, *([types.int64] * 6), *([types.float64] * 3)))
@@ -135,131 +126,254 @@ def trilinear_cell(shape, point):
     )
 
 
-@njit(types.float64[:, ::1](types.float64[:, ::1], types.int64), nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _grow(buffer: np.ndarray, needed: int) -> np.ndarray:
     """A copy of ``buffer`` with room for at least ``needed`` rows."""
-    bigger = np.empty((max(needed, 2 * buffer.shape[0]), 3))
+    bigger = np.empty((max(needed, 2 * buffer.shape[0]), 3), buffer.dtype)
     bigger[: buffer.shape[0]] = buffer
     return bigger
 
 
-@njit(_DRIVER_SIGNATURE, nogil=True, cache=True)
-def track_seed_range(
-    getter,
-    stopper,
-    field,
-    basis,
-    vertices,
-    stop_map,
-    seeds,
-    seed_ids,
-    voxel_steps,
-    getter_params,
-    stopper_params,
-    max_points,
-    min_points,
-    rng_key,
-    scratch_size,
-):
-    """Track every seed in ``seeds`` (voxel indices), both ways; the serial engine.
+@njit(nogil=True, cache=True, inline="always")
+def _store_point(out, row, affine, x, y, z):
+    """Write voxel position ``(x, y, z)`` mapped by ``affine`` (3 x 4) into ``out[row]``."""
+    for axis in range(3):
+        out[row, axis] = (
+            affine[axis, 0] * x + affine[axis, 1] * y + affine[axis, 2] * z + affine[axis, 3]
+        )
 
-    ``voxel_steps`` is the step size in voxels along each axis (step mm / voxel size mm);
-    ``max_points`` bounds the steps of the whole streamline (forward half first, the
-    backward half gets what is left); streamlines with fewer than
-    ``min_points`` points are dropped (length 0). Returns ``(points, lengths, reasons)``:
-    the kept streamlines' points (voxel indices) one after another, the point count of every
-    seed's streamline (0 when dropped), and ``(backward, forward)`` stop reasons per seed.
+
+_STABLE_PREFIX = "mriflow-plugin:"
+
+
+def _jitted_callees(plugin: Any) -> list[Any]:
+    """The jitted functions ``plugin`` calls by global name."""
+    function = plugin.py_func
+    found = (function.__globals__.get(name) for name in function.__code__.co_names)
+    return [value for value in found if isinstance(value, Dispatcher)]
+
+
+def stable_plugin(plugin: Any) -> Any:
+    """Give a module-level jitted plug-in (and the jitted functions it calls) a stable
+    identity across processes, so drivers specialised on it are cached on disk; returns
+    ``plugin``. Use as a decorator above ``@njit``.
+
+    numba keys a closure's cache entry on its captured values, pickled with the code of
+    each captured function and of the functions that one calls (so an edited getter gets
+    a new entry), and with each dispatcher's id, random per process unless set here.
     """
-    n_seeds = seeds.shape[0]
-    lengths = np.zeros(n_seeds, np.int64)
-    reasons = np.zeros((n_seeds, 2), np.uint8)
-    capacity = max(1024, n_seeds * 16)
-    out = np.empty((capacity, 3))
-    n_out = 0
-    line = np.empty((2 * max_points + 1, 3))
-    point = np.empty(3)
-    direction = np.empty(3)
-    first_step = np.empty(3)
-    rng_state = np.zeros(RNG_STATE_SIZE, np.uint64)
-    scratch = np.empty(scratch_size)
-    centre = max_points
-    for s in range(n_seeds):
-        rng_state[0] = rng_key
-        rng_state[1] = np.uint64(seed_ids[s])
-        rng_state[2] = 0
-        for axis in range(3):
-            line[centre, axis] = seeds[s, axis]
-            point[axis] = seeds[s, axis]
-            direction[axis] = 0.0
-        status = getter(field, basis, vertices, point, direction, getter_params, rng_state, scratch)
-        if status != GETTER_OK:
-            code = REASON_INVALID if status == GETTER_INVALID else REASON_ANGLE
-            reasons[s, 0] = code
-            reasons[s, 1] = code
-            if min_points <= 1:
-                lengths[s] = 1
-                if n_out + 1 > out.shape[0]:
-                    out = _grow(out, n_out + 1)
-                out[n_out] = line[centre]
-                n_out += 1
-            continue
-        for axis in range(3):
-            first_step[axis] = direction[axis]
-        last = centre
-        first = centre
-        for half in range(2):
-            sign = 1 if half == 0 else -1
+    if getattr(plugin, "_MemoMixin__uuid", None) is None and hasattr(plugin, "_set_uuid"):
+        # numba internals: without them the drivers still work, compiled once per process.
+        function = plugin.py_func
+        plugin._set_uuid(f"{_STABLE_PREFIX}{function.__module__}.{function.__qualname__}")
+    for callee in _jitted_callees(plugin):
+        if callee is not plugin:
+            stable_plugin(callee)
+    return plugin
+
+
+def _is_stable(plugin: Any) -> bool:
+    identity = str(getattr(plugin, "_MemoMixin__uuid", None))
+    return identity.startswith(_STABLE_PREFIX) and all(
+        _is_stable(callee) for callee in _jitted_callees(plugin) if callee is not plugin
+    )
+
+
+def _make_driver(getter: Any, stopper: Any) -> Callable[..., Any]:
+    """Compile the driver for one (getter, stopper) pair."""
+
+    @njit(nogil=True, cache=_is_stable(getter) and _is_stable(stopper))
+    def driver(
+        field,
+        basis,
+        vertices,
+        stop_map,
+        seeds,
+        seed_ids,
+        voxel_steps,
+        getter_params,
+        stopper_params,
+        max_points,
+        min_points,
+        rng_key,
+        scratch_size,
+        affine,
+        positions_like,
+    ):
+        """Track every seed in ``seeds`` (voxel indices), both ways; the serial engine.
+
+        ``voxel_steps`` is the step size in voxels along each axis (step mm / voxel size mm);
+        ``max_points`` bounds the steps of the whole streamline (forward half first, the
+        backward half gets what is left); streamlines with fewer than
+        ``min_points`` points are dropped (length 0). Returns ``(points, lengths, reasons)``:
+        the kept streamlines' points one after another, mapped by ``affine`` (3 x 4) and of
+        the dtype of ``positions_like``, the point count of every seed's streamline (0 when
+        dropped), and ``(backward, forward)`` stop reasons per seed.
+        """
+        n_seeds = seeds.shape[0]
+        lengths = np.zeros(n_seeds, np.int64)
+        reasons = np.zeros((n_seeds, 2), np.uint8)
+        capacity = max(1024, n_seeds * 16)
+        out = np.empty((capacity, 3), positions_like.dtype)
+        n_out = 0
+        line = np.empty((2 * max_points + 1, 3))
+        point = np.empty(3)
+        direction = np.empty(3)
+        first_step = np.empty(3)
+        rng_state = np.zeros(RNG_STATE_SIZE, np.uint64)
+        scratch = np.empty(scratch_size, np.float32)
+        centre = max_points
+        for s in range(n_seeds):
+            rng_state[0] = rng_key
+            rng_state[1] = np.uint64(seed_ids[s])
+            rng_state[2] = 0
             for axis in range(3):
+                line[centre, axis] = seeds[s, axis]
                 point[axis] = seeds[s, axis]
-                direction[axis] = first_step[axis] * sign
-            reason = REASON_MAX_LENGTH
-            taken = 0
-            # Both halves share the length budget: max_points steps in all.
-            budget = max_points if half == 0 else max_points - (last - centre)
-            for n in range(1, budget + 1):
-                status = getter(
-                    field, basis, vertices, point, direction, getter_params, rng_state, scratch
-                )
-                if status == GETTER_INVALID:
-                    reason = REASON_INVALID
-                    break
-                if status != GETTER_OK:
-                    reason = REASON_ANGLE
-                    break
-                if half == 0 and n == 1:
-                    # The backward half leaves along the first forward step, reversed.
-                    for axis in range(3):
-                        first_step[axis] = direction[axis]
-                for axis in range(3):
-                    point[axis] += direction[axis] * voxel_steps[axis]
-                check = stopper(stop_map, point, stopper_params)
-                if check != STOP_CONTINUE:
-                    # The point that failed the check is not kept (as in dipy).
-                    if check == STOP_ENDPOINT:
-                        reason = REASON_ENDPOINT
-                    elif check == STOP_OUTSIDE:
-                        reason = REASON_OUTSIDE
-                    else:
-                        reason = REASON_INVALID
-                    break
-                taken = n
-                index = centre + sign * n
-                for axis in range(3):
-                    line[index, axis] = point[axis]
-            if half == 0:
-                last = centre + taken
-                reasons[s, 1] = reason
-            else:
-                first = centre - taken
-                reasons[s, 0] = reason
-        count = last - first + 1
-        if count < min_points:
-            continue
-        lengths[s] = count
-        if n_out + count > out.shape[0]:
-            out = _grow(out, n_out + count)
-        for n in range(count):
+                direction[axis] = 0.0
+            status = getter(
+                field, basis, vertices, point, direction, getter_params, rng_state, scratch
+            )
+            if status != GETTER_OK:
+                code = REASON_INVALID if status == GETTER_INVALID else REASON_ANGLE
+                reasons[s, 0] = code
+                reasons[s, 1] = code
+                if min_points <= 1:
+                    lengths[s] = 1
+                    if n_out + 1 > out.shape[0]:
+                        out = _grow(out, n_out + 1)
+                    _store_point(out, n_out, affine, seeds[s, 0], seeds[s, 1], seeds[s, 2])
+                    n_out += 1
+                continue
             for axis in range(3):
-                out[n_out + n, axis] = line[first + n, axis]
-        n_out += count
-    return out[:n_out].copy(), lengths, reasons
+                first_step[axis] = direction[axis]
+            last = centre
+            first = centre
+            for half in range(2):
+                sign = 1 if half == 0 else -1
+                for axis in range(3):
+                    point[axis] = seeds[s, axis]
+                    direction[axis] = first_step[axis] * sign
+                reason = REASON_MAX_LENGTH
+                taken = 0
+                # Both halves share the length budget: max_points steps in all.
+                budget = max_points if half == 0 else max_points - (last - centre)
+                for n in range(1, budget + 1):
+                    status = getter(
+                        field, basis, vertices, point, direction, getter_params, rng_state, scratch
+                    )
+                    if status == GETTER_INVALID:
+                        reason = REASON_INVALID
+                        break
+                    if status != GETTER_OK:
+                        reason = REASON_ANGLE
+                        break
+                    if half == 0 and n == 1:
+                        # The backward half leaves along the first forward step, reversed.
+                        for axis in range(3):
+                            first_step[axis] = direction[axis]
+                    for axis in range(3):
+                        point[axis] += direction[axis] * voxel_steps[axis]
+                    check = stopper(stop_map, point, stopper_params)
+                    if check != STOP_CONTINUE:
+                        # The point that failed the check is not kept (as in dipy).
+                        if check == STOP_ENDPOINT:
+                            reason = REASON_ENDPOINT
+                        elif check == STOP_OUTSIDE:
+                            reason = REASON_OUTSIDE
+                        else:
+                            reason = REASON_INVALID
+                        break
+                    taken = n
+                    index = centre + sign * n
+                    for axis in range(3):
+                        line[index, axis] = point[axis]
+                if half == 0:
+                    last = centre + taken
+                    reasons[s, 1] = reason
+                else:
+                    first = centre - taken
+                    reasons[s, 0] = reason
+            count = last - first + 1
+            if count < min_points:
+                continue
+            lengths[s] = count
+            if n_out + count > out.shape[0]:
+                out = _grow(out, n_out + count)
+            for n in range(count):
+                _store_point(
+                    out,
+                    n_out + n,
+                    affine,
+                    line[first + n, 0],
+                    line[first + n, 1],
+                    line[first + n, 2],
+                )
+            n_out += count
+        return out[:n_out].copy(), lengths, reasons
+
+    return driver
+
+
+_DRIVERS: dict[tuple[Any, Any], Callable[..., Any]] = {}
+_DRIVERS_LOCK = threading.Lock()
+
+
+def tracking_driver(getter: Any, stopper: Any) -> Callable[..., Any]:
+    """The driver specialised for ``getter`` and ``stopper`` (built once per process)."""
+    key = (getter, stopper)
+    driver = _DRIVERS.get(key)
+    if driver is None:
+        with _DRIVERS_LOCK:
+            driver = _DRIVERS.get(key)
+            if driver is None:
+                driver = _make_driver(getter, stopper)
+                _DRIVERS[key] = driver
+    return driver
+
+
+def track_seed_range(
+    getter: Any,
+    stopper: Any,
+    field: np.ndarray,
+    basis: np.ndarray,
+    vertices: np.ndarray,
+    stop_map: np.ndarray,
+    seeds: np.ndarray,
+    seed_ids: np.ndarray,
+    voxel_steps: np.ndarray,
+    getter_params: np.ndarray,
+    stopper_params: np.ndarray,
+    max_points: int,
+    min_points: int,
+    rng_key: np.uint64,
+    scratch_size: int,
+    affine: np.ndarray | None = None,
+    dtype: Any = np.float64,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Track every seed in ``seeds`` (voxel indices), both ways, with ``getter`` and
+    ``stopper``; the serial engine (see :func:`_make_driver` for the arguments).
+
+    Points come out mapped by ``affine`` (voxel to world, 4 x 4 or 3 x 4; default: voxel
+    indices) as ``dtype`` (float32 for the RAS mm positions of a tractogram).
+    """
+    if affine is None:
+        affine = np.eye(4)
+    affine = np.ascontiguousarray(np.asarray(affine, dtype=np.float64)[:3, :4])
+    return tracking_driver(getter, stopper)(
+        field,
+        basis,
+        vertices,
+        stop_map,
+        seeds,
+        seed_ids,
+        voxel_steps,
+        getter_params,
+        stopper_params,
+        max_points,
+        min_points,
+        rng_key,
+        scratch_size,
+        affine,
+        np.empty((0, 3), dtype),
+    )

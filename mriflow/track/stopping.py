@@ -26,6 +26,7 @@ from mriflow.track.kernels import (
     STOP_INVALID,
     STOP_OUTSIDE,
     STOPPER_SIGNATURE,
+    stable_plugin,
     trilinear_cell,
 )
 
@@ -39,7 +40,8 @@ __all__ = [
 ]
 
 
-@njit(STOPPER_SIGNATURE, nogil=True, cache=True)
+@stable_plugin
+@njit(STOPPER_SIGNATURE, nogil=True, cache=True, inline="always")
 def threshold_check(stop_map, point, params):
     """Continue while the trilinearly interpolated map is above ``params[0]``."""
     shape = (stop_map.shape[0], stop_map.shape[1], stop_map.shape[2])
@@ -68,7 +70,8 @@ def threshold_check(stop_map, point, params):
     return STOP_CONTINUE if value > params[0] else STOP_ENDPOINT
 
 
-@njit(STOPPER_SIGNATURE, nogil=True, cache=True)
+@stable_plugin
+@njit(STOPPER_SIGNATURE, nogil=True, cache=True, inline="always")
 def binary_check(stop_map, point, params):
     """Continue while the nearest voxel of the mask is non-zero."""
     for axis in range(3):
