@@ -3,8 +3,10 @@
 NIfTI to zarr reads the raw on-disk values straight from the file (no scaling round trip,
 so the store holds exactly the file's numbers) with one small ``pread`` per contiguous run
 inside a dask task, so memory is bounded by the chunks in flight and no memory map keeps the
-whole file resident. A ``.nii.gz`` file is inflated once, sequentially, to a staging file
-first (inside the store folder for local stores, so an interrupted run leaves a
+whole file resident. A ``.nii.gz`` file going into a sharded store (zarr v3, 4D) is
+streamed: inner chunks are compressed while the gzip stream is still being inflated (see
+:mod:`mriflow.io.zarr._stream`). Otherwise it is inflated once, sequentially, to a staging
+file first (inside the store folder for local stores, so an interrupted run leaves a
 ``*.partial`` that the resume removes): a chunk of "spatial block x all volumes" needs bytes
 from every volume of a volume-major stream, and reading those through a gzip index would
 inflate most of the file again for every slab.
