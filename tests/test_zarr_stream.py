@@ -76,6 +76,18 @@ def test_streamed_shards_are_what_zarr_writes(dwi: tuple[Path, np.ndarray], tmp_
     np.testing.assert_array_equal(reference.header.get_best_affine(), nib.load(path).affine)
 
 
+def test_streams_into_an_fsspec_store(dwi: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    path, data = dwi
+    local = tmp_path / "local.zarr"
+    mriflow.convert(path, local, chunks=CHUNKS)
+    name = mriflow.convert(path, "memory://conv2/streamed.zarr", chunks=CHUNKS)
+    back = mriflow.open_zarr(name)
+    np.testing.assert_array_equal(back.values, mriflow.open_zarr(local).values)
+    array = zarr.open_array("memory://conv2/streamed.zarr/0", mode="r")
+    assert array.shards == (48, 8, 32, 32)
+    np.testing.assert_array_equal(np.asarray(array[:]).transpose(3, 2, 1, 0), data)
+
+
 def test_stream_killed_midway_resumes_to_the_same_store(tmp_path: Path) -> None:
     path = tmp_path / "sub-02_dwi.nii.gz"
     _write_dwi(path, (64, 64, 24, 240), seed=4)

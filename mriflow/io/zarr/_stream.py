@@ -3,15 +3,15 @@
 A gzip stream can only be inflated sequentially, on one core, and it is volume-major: the
 default shard (spatial block x every volume) is complete only once the last volume is
 inflated. Its *inner chunks* (spatial block x a range of volumes, see
-:func:`mriflow.io.zarr._layout.default_shards`) are complete much earlier, so while the
-main thread inflates, a second thread cuts each finished range of volumes into inner
-chunks and compresses them with the array's own codec on two threads
-(a third one hashes the compressed input) and appends them to their shard's file, in
-volume order. When the stream ends, each shard file gets its index (the zarr v3 sharding
-layout: the inner chunks, then ``(offset, nbytes)`` per inner chunk with a CRC32C) and is
-moved into place, region by region, each region marked done after its shards. What is
-left after the inflate is compressing the last group of volumes and writing the indexes,
-instead of a whole compression pass.
+:func:`mriflow.io.zarr._layout.default_shards`) are complete much earlier. So the calling
+thread only inflates; a packing thread copies the output into a buffer of one volume range;
+two compression threads cut each full range into inner chunks, compress them with the
+array's own codec and append them to their shard's file, in volume order; one more thread
+hashes the compressed input. When the stream ends, each shard file gets its index (the
+zarr v3 sharding layout: the inner chunks, then ``(offset, nbytes)`` per inner chunk with a
+CRC32C) and is moved into place, region by region, each region marked done after its
+shards. What is left after the inflate is compressing the last volume range and writing
+the indexes, instead of a whole compression pass.
 """
 
 from __future__ import annotations
