@@ -22,7 +22,7 @@ from mriflow.cli import main
 from mriflow.data import oblique_affine
 
 CONVERT = [sys.executable, "-c", "from mriflow.cli import run; run()", "convert"]
-# 32 x 32 x 8 int16 blocks (16 KiB a volume): inner chunks of 16 volumes
+# 32 x 32 x 8 int16 blocks (16 KiB a volume): inner chunks of 32 volumes
 CHUNKS = "32,32,8"
 
 
@@ -30,7 +30,7 @@ def _write_dwi(path: Path, shape: tuple[int, int, int, int], seed: int) -> np.nd
     rng = np.random.default_rng(seed)
     data = rng.integers(0, 3000, size=shape, dtype=np.int16)
     data[:32, :32, :8] = 0  # one spatial block all zeros: a shard with no inner chunk
-    data[32:, :, 8:16, : 2 * shape[3] // 3] = 0  # inner chunks equal to the fill value
+    data[32:, :, 8:16, : shape[3] * 4 // 5] = 0  # inner chunks equal to the fill value
     image = nib.Nifti1Image(data, oblique_affine((2.0, 2.0, 2.0), shape))
     image.header.set_slope_inter(0.5, 10.0)
     nib.save(image, path)
@@ -45,7 +45,7 @@ def _store_files(store: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def dwi(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
-    """Odd-sized 4D int16 .nii.gz: edge blocks on x, y and z, 41 volumes (2.6 inner chunks)."""
+    """Odd-sized 4D int16 .nii.gz: edge blocks on x, y and z, 41 volumes (1.3 inner chunks)."""
     path = tmp_path_factory.mktemp("stream") / "sub-01_dwi.nii.gz"
     return path, _write_dwi(path, (70, 45, 21, 41), seed=3)
 
@@ -55,13 +55,18 @@ def test_streamed_shards_are_what_zarr_writes(dwi: tuple[Path, np.ndarray], tmp_
     streamed = tmp_path / "streamed.zarr"
     mriflow.convert(path, streamed, chunks=CHUNKS)
     array = zarr.open_array(streamed / "0", mode="r")
-    assert array.shards == (48, 8, 32, 32)
-    assert array.chunks == (16, 8, 32, 32)
+    assert array.shards == (64, 8, 32, 32)
+    assert array.chunks == (32, 8, 32, 32)
     # zarr's own sharding codec writing the same image (through dask, whole shards)
     written = tmp_path / "zarr-written.zarr"
     mriflow.to_zarr(mriflow.open_image(path), written, chunks=CHUNKS)
     ours, theirs = _store_files(streamed), _store_files(written)
     assert "0/c/0/0/0/0" not in ours  # the all-zero block: no shard file at all
+    # shard index (offset, nbytes per inner chunk, then CRC32C): first inner chunk not stored
+    index = np.frombuffer(ours["0/c/0/1/0/1"][-36:-4], dtype="<u8").reshape(2, 2)
+    assert (index[0] == 2**64 - 1).all()
+    assert index[1, 0] == 0
+    assert index[1, 1] > 0
     assert set(ours) == set(theirs)
     for name in ours:
         assert ours[name] == theirs[name], name
@@ -84,7 +89,7 @@ def test_streams_into_an_fsspec_store(dwi: tuple[Path, np.ndarray], tmp_path: Pa
     back = mriflow.open_zarr(name)
     np.testing.assert_array_equal(back.values, mriflow.open_zarr(local).values)
     array = zarr.open_array("memory://conv2/streamed.zarr/0", mode="r")
-    assert array.shards == (48, 8, 32, 32)
+    assert array.shards == (64, 8, 32, 32)
     np.testing.assert_array_equal(np.asarray(array[:]).transpose(3, 2, 1, 0), data)
 
 

@@ -49,10 +49,10 @@ DEFAULT_CHUNK_BYTES = 8 << 20
 #: Blosc block size (bytes compressed independently inside a chunk).
 BLOSC_BLOCK_BYTES = 64 << 10
 #: Target uncompressed bytes of an inner chunk of a shard (zarr v3 sharding).
-INNER_CHUNK_BYTES = 256 << 10
+INNER_CHUNK_BYTES = 512 << 10
 #: At most this many bytes of whole volumes make one inner chunk's volume range (the
 #: converter inflates that many volumes before it compresses their inner chunks).
-VOLUME_GROUP_BYTES = 128 << 20
+VOLUME_GROUP_BYTES = 256 << 20
 
 
 def nifti_to_zarr_order(ndim: int) -> tuple[int, ...]:
