@@ -168,8 +168,9 @@ def main() -> None:
         "- command: `flock /tmp/mriflow-heavy.lock python bench/convert.py`",
         f"- input: {source.name}, shape {SHAPE} int16, {raw_bytes / 1e9:.2f} GB of voxels, "
         f"{source.stat().st_size / 1e9:.2f} GB gzip (level 1)",
-        "- mriflow: `mriflow.convert(src, store)` with defaults (dask threaded scheduler, "
-        f"chunks spatial blocks x all {SHAPE[3]} volumes, blosc-zstd level 1 + shuffle, zarr v3)",
+        "- mriflow: `mriflow.convert(src, store)` with defaults (zarr v3, shards of spatial "
+        f"blocks x all {SHAPE[3]} volumes, inner chunks of a volume range compressed while the "
+        "gzip stream is inflated, blosc-zstd level 1 + bitshuffle)",
         "- naive: `nibabel.load().get_fdata(dtype=float32)` (float64 would need 8 GB) then "
         "`zarr.save` (zarr defaults)",
         "",

@@ -3,8 +3,10 @@
 NIfTI to zarr reads the raw on-disk values straight from the file (no scaling round trip,
 so the store holds exactly the file's numbers) with one small ``pread`` per contiguous run
 inside a dask task, so memory is bounded by the chunks in flight and no memory map keeps the
-whole file resident. A ``.nii.gz`` file is inflated once, sequentially, to a staging file
-first (inside the store folder for local stores, so an interrupted run leaves a
+whole file resident. A ``.nii.gz`` file going into a sharded store (zarr v3, 4D) is
+streamed: inner chunks are compressed while the gzip stream is still being inflated (see
+:mod:`mriflow.io.zarr._stream`). Otherwise it is inflated once, sequentially, to a staging
+file first (inside the store folder for local stores, so an interrupted run leaves a
 ``*.partial`` that the resume removes): a chunk of "spatial block x all volumes" needs bytes
 from every volume of a volume-major stream, and reading those through a gzip index would
 inflate most of the file again for every slab.
@@ -27,6 +29,7 @@ import numpy as np
 from mriflow.errors import CorruptDataError, ImageFormatError, MissingFileError
 from mriflow.io.zarr import _layout as layout
 from mriflow.io.zarr._store import is_url, resolve_store
+from mriflow.io.zarr._stream import stream_gzip_to_shards
 
 __all__ = ["RawFileArray", "convert", "inflate", "is_zarr_location"]
 
@@ -232,6 +235,27 @@ def convert(
         plan.meta["provenance"]["source"]["checksum"] = checksum
         return data
 
+    def stream(array: Any, regions: list[Any], todo: list[int], mark_done: Any) -> None:
+        assert staging is not None
+        files = _ShardFiles(loc, array.path, staging.parent)
+        checksum = stream_gzip_to_shards(
+            file_path,
+            array,
+            offset,
+            shape,
+            np.dtype(dtype),
+            regions,
+            todo,
+            mark_done,
+            files.building,
+            files.publish,
+        )
+        plan.meta["provenance"]["source"]["checksum"] = checksum
+
+    # sharded layout: compress inner chunks while the gzip stream is still being inflated
+    streaming = gzipped and layout.default_shards(
+        shape, np.dtype(dtype).itemsize, block, zarr_format
+    )
     try:
         return write_plan(
             plan,
@@ -242,7 +266,8 @@ def convert(
             zarr_format=zarr_format,
             resume=resume,
             overwrite=overwrite,
-            staging=stage if gzipped else None,
+            staging=stage if gzipped and not streaming else None,
+            stream=stream if streaming else None,
         )
     finally:
         if gzipped:
@@ -250,6 +275,49 @@ def convert(
             staging.unlink(missing_ok=True)
             if temporary is not None:
                 temporary.cleanup()
+
+
+class _ShardFiles:
+    """Where the streaming writer builds shard files and how they reach the store.
+
+    Local stores: next to their final name, as ``<key>.stream.partial`` (a killed run's
+    leftovers are removed by the resume like zarr's own ``*.partial`` files), renamed into
+    place when complete. Other stores: in a local temporary folder, uploaded when complete.
+    """
+
+    def __init__(self, loc: Any, array_path: str, scratch: Path) -> None:
+        self.loc = loc
+        self.array_path = array_path
+        self.scratch = scratch
+        self.folders: set[str] = set()
+        self.lock = threading.Lock()
+
+    def building(self, key: str) -> str:
+        """Local file in which the shard ``key`` is built."""
+        if not self.loc.local:
+            return str(self.scratch / (key.replace("/", "_") + ".partial"))
+        path = self.loc.path(self.array_path, key) + ".stream.partial"
+        folder = os.path.dirname(path)
+        with self.lock:
+            if folder not in self.folders:
+                os.makedirs(folder, exist_ok=True)
+                self.folders.add(folder)
+        return path
+
+    def publish(self, key: str, built: str | None) -> None:
+        """Move the finished shard file into the store (``None``: the store holds none)."""
+        target = self.loc.path(self.array_path, key)
+        if self.loc.local:
+            if built is None:
+                Path(target).unlink(missing_ok=True)
+            else:
+                os.replace(built, target)
+        elif built is None:
+            if self.loc.fs.exists(target):
+                self.loc.fs.rm_file(target)
+        else:
+            self.loc.fs.put_file(built, target)
+            os.unlink(built)
 
 
 def _raw_source(path: Path, image: Any) -> tuple[Path, tuple[int, ...], Any, int, bool] | None:

@@ -119,7 +119,7 @@ def _refuse_objects(name: str, path: str, array: Any) -> None:
 def _lazy(array: Any, order: tuple[int, ...], chunks: tuple[int, ...] | None) -> Any:
     import dask.array as dask_array
 
-    data = dask_array.from_zarr(array, chunks=chunks or array.chunks)
+    data = dask_array.from_zarr(array, chunks=chunks or layout.storage_unit(array))
     return data.transpose(order)
 
 
@@ -146,7 +146,7 @@ def _zarr_chunks(
         return None
     in_nifti = []
     for dim, axis in zip(dims, order, strict=True):
-        size = int(chunks.get(dim, array.chunks[axis]))
+        size = int(chunks.get(dim, layout.storage_unit(array)[axis]))
         in_nifti.append(int(array.shape[axis]) if size == -1 else size)
     inverse = np.argsort(order)
     return tuple(in_nifti[a] for a in inverse)
@@ -218,7 +218,9 @@ def _open_ours(
         "scl_inter": inter,
         "sform_code": int(meta.get("encoding", {}).get("sform_code", 1)),
         "qform_code": int(meta.get("encoding", {}).get("qform_code", 1)),
-        "preferred_chunks": {d: int(array.chunks[a]) for d, a in zip(dims, order, strict=True)},
+        "preferred_chunks": {
+            d: layout.storage_unit(array)[a] for d, a in zip(dims, order, strict=True)
+        },
         "source": loc.name,
         "zarr_level": level,
     }
@@ -316,7 +318,9 @@ def _open_foreign(
         "dtype": np.dtype(array.dtype),
         "scl_slope": slope,
         "scl_inter": inter,
-        "preferred_chunks": {d: int(array.chunks[a]) for d, a in zip(dims, order, strict=True)},
+        "preferred_chunks": {
+            d: layout.storage_unit(array)[a] for d, a in zip(dims, order, strict=True)
+        },
         "source": loc.name,
         "zarr_level": level,
     }

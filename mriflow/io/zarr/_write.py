@@ -221,7 +221,17 @@ def _existing_meta(loc: StoreLocation, group: str) -> dict[str, Any] | None:
     return dict(found) if isinstance(found, dict) else {"format": "foreign"}
 
 
-_COMPARED = ("format", "dims", "shape", "dtype", "chunks", "levels", "compressor", "zarr_format")
+_COMPARED = (
+    "format",
+    "dims",
+    "shape",
+    "dtype",
+    "chunks",
+    "shards",
+    "levels",
+    "compressor",
+    "zarr_format",
+)
 
 
 def _check_resumable(
@@ -311,6 +321,7 @@ def write_plan(
     overwrite: bool = False,
     storage_options: dict[str, Any] | None = None,
     staging: Any = None,
+    stream: Any = None,
 ) -> str:
     """Write one planned image into ``store`` (at ``group``); returns the store's name.
 
@@ -318,7 +329,9 @@ def write_plan(
     axis), each region's completion marker after its chunks; every further level is
     computed from the previous one read back from the store, the same way. ``staging``
     (a callable) runs only when some level-0 region is still missing, and returns the data
-    to write (the converter inflates ``.nii.gz`` files there).
+    to write (the converter inflates ``.nii.gz`` files there). ``stream`` (a callable
+    ``stream(array, regions, todo, mark_done)``) instead writes the missing level-0 regions
+    itself and calls ``mark_done(region_indices)`` as they complete.
     """
     import dask
     import dask.array as dask_array
@@ -342,11 +355,20 @@ def write_plan(
     nifti_chunks = layout.default_chunks(shape, dtype.itemsize, requested)
     to_zarr_axes = layout.nifti_to_zarr_order(ndim)
     zarr_chunks = [int(nifti_chunks[a]) for a in to_zarr_axes]
+    inner = layout.default_shards(shape, dtype.itemsize, nifti_chunks, zarr_format)
+    zarr_shards: list[int] | None = None
+    if inner is not None:  # the chunk becomes a shard of inner chunks
+        zarr_inner = [int(inner[a]) for a in to_zarr_axes]
+        zarr_shards = [
+            layout.shard_extent(c, i) for c, i in zip(zarr_chunks, zarr_inner, strict=True)
+        ]
+        zarr_chunks = zarr_inner
     factors = layout.level_factors(shape, levels)
     label = plan.meta["kind"] == "label"
     meta = dict(plan.meta)
     meta.update(
         chunks=zarr_chunks,
+        shards=zarr_shards,
         levels=levels,
         compressor=compressor,
         zarr_format=zarr_format,
@@ -393,8 +415,14 @@ def write_plan(
             level_shape = layout.level_shape(shape, level_factor)
             zarr_shape = tuple(level_shape[a] for a in to_zarr_axes)
             level_chunks = tuple(min(c, n) for c, n in zip(zarr_chunks, zarr_shape, strict=True))
+            level_shards = None
+            if zarr_shards is not None:  # spatial sizes as the inner chunks', volumes as given
+                level_shards = (zarr_shards[0], *level_chunks[1:])
+                level_chunks = (zarr_chunks[0], *level_chunks[1:])
             arrays.append(
-                _require_array(root, str(level), zarr_shape, level_chunks, dtype, codec, names)
+                _require_array(
+                    root, str(level), zarr_shape, level_chunks, dtype, codec, names, level_shards
+                )
             )
         if "nifti" not in root:
             header = np.frombuffer(plan.header, dtype=np.uint8)
@@ -405,16 +433,20 @@ def write_plan(
 
         threads = _parallelism()
         for level, array in enumerate(arrays):
-            regions = _regions(array.shape, array.chunks)
+            unit = layout.storage_unit(array)
+            regions = _regions(array.shape, unit)
             done = loc.done_regions(group, level)
             todo = [r for r in range(len(regions)) if r not in done]
             if not todo:
                 continue
+            if level == 0 and stream is not None:
+                stream(array, regions, todo, lambda chosen: loc.mark_done(group, 0, chosen))
+                continue
             if level == 0:
                 data = staging() if staging is not None else plan.data
                 source = dask_array.asarray(data).transpose(to_zarr_axes)
-                if not _aligned(source.chunks, array.chunks):
-                    source = source.rechunk(array.chunks)
+                if not _aligned(source.chunks, unit):
+                    source = source.rechunk(unit)
             else:
                 spatial_axes = [
                     a
@@ -422,10 +454,10 @@ def write_plan(
                     if arrays[level - 1].shape[a] > 1
                     and array.shape[a] < arrays[level - 1].shape[a]
                 ]
-                source = _level_source(arrays[level - 1], array.chunks, spatial_axes, label)
+                source = _level_source(arrays[level - 1], unit, spatial_axes, label)
             per_region = math.prod(
                 math.ceil(n / c)
-                for a, (n, c) in enumerate(zip(array.shape, array.chunks, strict=True))
+                for a, (n, c) in enumerate(zip(array.shape, unit, strict=True))
                 if a != ndim - 3
             )
             batch = max(1, math.ceil(2 * threads / per_region))
@@ -461,14 +493,22 @@ def _require_array(
     dtype: np.dtype,
     codec: Any,
     names: list[str],
+    shards: tuple[int, ...] | None = None,
 ) -> Any:
     """The level array ``key``, created unless a matching one exists (resume)."""
     if key in root:
         array = root[key]
-        if tuple(array.shape) != shape or tuple(array.chunks) != chunks or array.dtype != dtype:
+        found_shards = getattr(array, "shards", None)
+        if (
+            tuple(array.shape) != shape
+            or tuple(array.chunks) != chunks
+            or (tuple(found_shards) if found_shards else None) != shards
+            or array.dtype != dtype
+        ):
             raise StoreMetadataError(
-                f"{key}: existing array has shape {array.shape}, chunks {array.chunks}, dtype "
-                f"{array.dtype}; expected {shape}, {chunks}, {dtype}"
+                f"{key}: existing array has shape {array.shape}, chunks {array.chunks}, shards "
+                f"{found_shards}, dtype {array.dtype}; expected {shape}, {chunks}, {shards}, "
+                f"{dtype}"
             )
         return array
     options: dict[str, Any] = {
@@ -481,6 +521,8 @@ def _require_array(
     }
     if root.metadata.zarr_format == 3:
         options["dimension_names"] = names
+        if shards is not None:
+            options["shards"] = shards
     else:
         options["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
     return root.create_array(key, **options)
