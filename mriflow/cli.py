@@ -271,9 +271,17 @@ def fit_command(
 @app.command()
 @_reports_errors
 def convert(
-    source: Annotated[str, typer.Argument(help="A NIfTI file or a zarr store (path or URL).")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A NIfTI file, a DICOM series folder, a BIDS dataset root or a zarr store."
+        ),
+    ],
     destination: Annotated[
-        str, typer.Argument(help="Where to write: a .zarr store, or a .nii/.nii.gz file.")
+        str,
+        typer.Argument(
+            help="A .zarr store, a .nii/.nii.gz file, or a folder (for a BIDS dataset)."
+        ),
     ],
     chunks: Annotated[
         str | None,
@@ -293,7 +301,8 @@ def convert(
         bool, typer.Option("--overwrite", help="Replace an existing store.")
     ] = False,
 ) -> None:
-    """Convert NIfTI to a NIfTI-Zarr store (streaming, resumable) or a store back to NIfTI."""
+    """Convert NIfTI, DICOM or a BIDS dataset to NIfTI-Zarr stores (streaming, resumable), or a
+    store back to NIfTI."""
     from mriflow.io.zarr import convert as convert_image
 
     started = time.perf_counter()

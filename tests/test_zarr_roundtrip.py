@@ -297,3 +297,49 @@ def test_five_dimensional_images(tmp_path: Path) -> None:
     reference = niizarr.zarr2nii(str(tmp_path / "five.zarr"))
     np.testing.assert_array_equal(np.asarray(reference.dataobj), data)
     assert mriflow.open_zarr(tmp_path / "five.zarr", level=1).shape == (3, 3, 2, 3, 2)
+
+
+def test_convert_dicom_folder_and_bids_dataset(tmp_path: Path) -> None:
+    """``mriflow convert`` takes a DICOM series folder (one store) and a BIDS root (a store
+    per image at the same relative path, with its gradients and sidecar)."""
+    from bids_tree import dataset, write_gradients, write_image, write_json
+
+    from mriflow.cli import main
+    from mriflow.io.dicom.synthetic import write_series
+
+    series = write_series(tmp_path / "dicom", n_volumes=3)
+    assert main(["convert", str(tmp_path / "dicom"), str(tmp_path / "dicom.zarr")]) == 0
+    from_dicom = mriflow.open_image(tmp_path / "dicom")
+    from_store = mriflow.open_zarr(tmp_path / "dicom.zarr")
+    np.testing.assert_array_equal(from_store.values, from_dicom.values)
+    np.testing.assert_allclose(from_store.mri.affine, from_dicom.mri.affine)
+    del series
+
+    root = dataset(tmp_path / "bids")
+    dwi = root / "sub-01" / "dwi" / "sub-01_dwi.nii.gz"
+    dwi_data = write_image(dwi, (6, 5, 4, 4), seed=1)
+    bvecs = write_gradients(root / "sub-01" / "dwi" / "sub-01_dwi", [0, 1000, 1000, 2000])
+    write_json(root / "sub-01" / "dwi" / "sub-01_dwi.json", {"EchoTime": 0.08})
+    anat = root / "sub-02" / "ses-a" / "anat" / "sub-02_ses-a_T1w.nii"
+    anat_data = write_image(anat, (6, 5, 4), seed=2)
+    (root / "sub-01" / "dwi" / "notes.txt").write_text("not BIDS-named: ignored")
+
+    out = tmp_path / "bids-zarr"
+    assert main(["convert", str(root), str(out)]) == 0
+    assert json.loads((out / "dataset_description.json").read_text())["Name"] == "test"
+    dwi_store = mriflow.open_zarr(out / "sub-01" / "dwi" / "sub-01_dwi.zarr")
+    np.testing.assert_array_equal(dwi_store.values, dwi_data)
+    np.testing.assert_allclose(dwi_store.mri.bvals, [0, 1000, 1000, 2000])
+    np.testing.assert_allclose(np.abs(dwi_store.mri.bvecs("fsl")[1:]), np.abs(bvecs[1:]), atol=1e-6)
+    anat_store = mriflow.open_zarr(out / "sub-02" / "ses-a" / "anat" / "sub-02_ses-a_T1w.zarr")
+    np.testing.assert_array_equal(anat_store.values, anat_data)
+    assert sorted(p.name for p in out.rglob("*.zarr")) == [
+        "sub-01_dwi.zarr",
+        "sub-02_ses-a_T1w.zarr",
+    ]
+
+    # a second run refuses to overwrite; --resume keeps the complete stores
+    assert main(["convert", str(root), str(out)]) == 1
+    assert main(["convert", str(root), str(out), "--resume"]) == 0
+    # one store as the destination of a whole dataset is an error naming both
+    assert main(["convert", str(root), str(tmp_path / "one.zarr")]) == 1

@@ -176,6 +176,10 @@ def convert(
 ) -> str:
     """Convert NIfTI -> NIfTI-Zarr, NIfTI-Zarr -> NIfTI (``.nii``/``.nii.gz``), or zarr -> zarr.
 
+    ``source`` may also be a DICOM series folder (one store), or a BIDS dataset root (a
+    folder with ``dataset_description.json``): every NIfTI image of it becomes a store at the
+    same relative path under the folder ``destination`` (see :func:`_convert_bids`).
+
     Options as in :func:`mriflow.to_zarr`. Returns the written location.
     """
     from mriflow.io.api import open_image
@@ -202,6 +206,8 @@ def convert(
     path = Path(source).expanduser()
     if not path.exists():
         raise MissingFileError(f"{path}: no such file")
+    if path.is_dir() and (path / "dataset_description.json").is_file():
+        return _convert_bids(path, destination, options)
     image = open_image(path)
     if not is_zarr_location(destination):
         if nifti_suffix(destination) not in (".nii", ".nii.gz"):
@@ -320,9 +326,49 @@ class _ShardFiles:
             os.unlink(built)
 
 
+def _convert_bids(root: Path, destination: Any, options: dict[str, Any]) -> str:
+    """Every NIfTI image of BIDS dataset ``root`` to a store at the same relative path under
+    ``destination`` (``sub-01/dwi/sub-01_dwi.nii.gz`` -> ``sub-01/dwi/sub-01_dwi.zarr``).
+
+    Each store carries the image's merged sidecar, ``.bval``/``.bvec`` and acquisition
+    metadata, as ``open_image`` reads them; ``dataset_description.json`` is copied so the
+    output is itself recognisable as a dataset. With ``resume=True`` complete stores are
+    kept and unfinished ones continued, so an interrupted dataset conversion picks up where
+    it stopped.
+    """
+    import fsspec
+
+    from mriflow import bids
+    from mriflow.io.nifti import nifti_suffix
+
+    text = os.fspath(destination)
+    if nifti_suffix(text) is not None or text.rstrip("/").lower().endswith(".zarr"):
+        raise ImageFormatError(
+            f"{text}: a BIDS dataset ({root}) converts to a folder of stores, not one file or store"
+        )
+    images = [entry for entry in bids.index(root) if entry.extension in (".nii", ".nii.gz")]
+    if not images:
+        raise MissingFileError(f"{root}: no NIfTI images in this BIDS dataset")
+    storage_options = options.get("storage_options") or {}
+    fs, base = fsspec.core.url_to_fs(text, **storage_options)
+    fs.makedirs(base, exist_ok=True)
+    with fsspec.open(root / "dataset_description.json", "rb") as description:
+        fs.pipe_file(f"{base.rstrip('/')}/dataset_description.json", description.read())
+    for entry in sorted(images, key=lambda item: str(item.path)):
+        relative = entry.path.relative_to(root).as_posix()
+        store = relative[: len(relative) - len(entry.extension)] + ".zarr"
+        target = text.rstrip("/") + "/" + store
+        convert(entry.path, target, **options)
+    return text
+
+
 def _raw_source(path: Path, image: Any) -> tuple[Path, tuple[int, ...], Any, int, bool] | None:
     import nibabel as nib
 
+    from mriflow.io.nifti import nifti_suffix
+
+    if path.is_dir() or nifti_suffix(path) not in (".nii", ".nii.gz"):
+        return None  # DICOM folders, Analyze pairs: through the image's own reader
     loaded: Any = nib.load(path)
     proxy = loaded.dataobj
     if not isinstance(proxy.file_like, str) or getattr(proxy, "order", "F") != "F":
