@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/tracking.py [--data /tmp/track-data/bench] [--seeds 40000]
+    python bench/tracking.py [--data /tmp/track-data/bench] [--seeds 40000] [--cases peaks]
 
 Prepares (once, cached under ``--data``) a whole-brain-sized DWI phantom with
 ``mriflow.data.write_dwi_phantom`` (81 x 106 x 76, b=2000, 150 directions, SNR 20) and
@@ -245,6 +245,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=40000)
     parser.add_argument("--child", nargs=2, metavar=("SIDE", "CASE"))
     parser.add_argument("--fields", type=Path)
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        choices=sorted(CASES.values()),
+        default=list(CASES.values()),
+        help="cases to run (default: all)",
+    )
     args = parser.parse_args()
     if args.child:
         child(args.child[0], args.child[1], args.fields, args.seeds)
@@ -252,6 +259,8 @@ def main() -> None:
     fields = prepare(args.data)
     rows = []
     for label, case in CASES.items():
+        if case not in args.cases:
+            continue
         figures = {}
         for side in ("mriflow", "dipy"):
             figures[side] = measure(side, case, fields, args.seeds)

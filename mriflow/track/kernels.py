@@ -27,7 +27,9 @@ from typing import Any
 
 import numpy as np
 from numba import njit, types
+from numba.core import cgutils
 from numba.core.dispatcher import Dispatcher
+from numba.extending import intrinsic
 
 from mriflow.track.rng import RNG_STATE_SIZE
 
@@ -126,6 +128,36 @@ def trilinear_cell(shape, point):
     )
 
 
+@intrinsic
+def _borrowed(typingctx, array):
+    """A view of ``array`` that holds no reference to its memory (a NULL meminfo, no
+    parent), for the step loop: the plug-ins inlined there pass their array arguments
+    around, and every such copy of a counted array costs an atomic increment and
+    decrement of the shared count (a fifth of a peak-following step, and a cache line
+    bounced between the threads tracking the same field). The caller keeps ``array``
+    alive for as long as the view is used."""
+    if not isinstance(array, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        source = context.make_array(array)(context, builder, args[0])
+        view = context.make_array(array)(context, builder)
+        for name in ("nitems", "itemsize", "data", "shape", "strides"):
+            setattr(view, name, getattr(source, name))
+        view.meminfo = cgutils.get_null_value(view.meminfo.type)
+        view.parent = cgutils.get_null_value(view.parent.type)
+        return view._getvalue()
+
+    return array(array), codegen
+
+
+@njit(nogil=True, cache=True)
+def _keep_alive(*arrays):
+    """Nothing: a use of ``arrays`` that keeps them alive until here (numba frees a
+    variable after its last use, and a borrowed view is not a use)."""
+    return len(arrays)
+
+
 @njit(nogil=True, cache=True)
 def _grow(buffer: np.ndarray, needed: int) -> np.ndarray:
     """A copy of ``buffer`` with room for at least ``needed`` rows."""
@@ -184,15 +216,15 @@ def _make_driver(getter: Any, stopper: Any) -> Callable[..., Any]:
 
     @njit(nogil=True, cache=_is_stable(getter) and _is_stable(stopper))
     def driver(
-        field,
-        basis,
-        vertices,
-        stop_map,
+        field_arg,
+        basis_arg,
+        vertices_arg,
+        stop_map_arg,
         seeds,
         seed_ids,
-        voxel_steps,
-        getter_params,
-        stopper_params,
+        voxel_steps_arg,
+        getter_params_arg,
+        stopper_params_arg,
         max_points,
         min_points,
         rng_key,
@@ -210,6 +242,15 @@ def _make_driver(getter: Any, stopper: Any) -> Callable[..., Any]:
         the dtype of ``positions_like``, the point count of every seed's streamline (0 when
         dropped), and ``(backward, forward)`` stop reasons per seed.
         """
+        # Uncounted views of the arrays the step loop hands to the plug-ins (the
+        # arguments and the locals below stay alive until the end).
+        field = _borrowed(field_arg)
+        basis = _borrowed(basis_arg)
+        vertices = _borrowed(vertices_arg)
+        stop_map = _borrowed(stop_map_arg)
+        voxel_steps = _borrowed(voxel_steps_arg)
+        getter_params = _borrowed(getter_params_arg)
+        stopper_params = _borrowed(stopper_params_arg)
         n_seeds = seeds.shape[0]
         lengths = np.zeros(n_seeds, np.int64)
         reasons = np.zeros((n_seeds, 2), np.uint8)
@@ -217,11 +258,15 @@ def _make_driver(getter: Any, stopper: Any) -> Callable[..., Any]:
         out = np.empty((capacity, 3), positions_like.dtype)
         n_out = 0
         line = np.empty((2 * max_points + 1, 3))
-        point = np.empty(3)
-        direction = np.empty(3)
+        point_owner = np.empty(3)
+        direction_owner = np.empty(3)
+        rng_state_owner = np.zeros(RNG_STATE_SIZE, np.uint64)
+        scratch_owner = np.empty(scratch_size, np.float32)
+        point = _borrowed(point_owner)
+        direction = _borrowed(direction_owner)
+        rng_state = _borrowed(rng_state_owner)
+        scratch = _borrowed(scratch_owner)
         first_step = np.empty(3)
-        rng_state = np.zeros(RNG_STATE_SIZE, np.uint64)
-        scratch = np.empty(scratch_size, np.float32)
         centre = max_points
         for s in range(n_seeds):
             rng_state[0] = rng_key
@@ -310,6 +355,8 @@ def _make_driver(getter: Any, stopper: Any) -> Callable[..., Any]:
                     line[first + n, 2],
                 )
             n_out += count
+        # Keep the owners of the borrowed views alive to the end.
+        _keep_alive(point_owner, direction_owner, rng_state_owner, scratch_owner)
         return out[:n_out].copy(), lengths, reasons
 
     return driver
