@@ -328,7 +328,7 @@ def test_output_chunks_written_while_tracking_are_trusted_only_when_marked(
             )
             for index, counts in enumerate(streamline_store.batch_counts(location, range(3))):
                 writer.batch_done(index, counts["n_streamlines"], counts["n_points"])
-            writer.finish()
+            writer.finish(drop_unstarted=False)
             written = streamline_store.done_chunks(location)
             assert ("positions", 1) in written
             assert ("dps/seed_id", 0) in written

@@ -402,7 +402,8 @@ class EarlyConsolidation:
     """Writes output chunks while tracking goes on: as soon as batches ``0..k`` are all
     written, every whole output chunk whose rows come from them alone is final (the layout
     is ordered by seed id, so nothing later changes it) and is written on one background
-    thread of this process, then marked. :func:`consolidate` later writes only the chunks
+    thread of this process, then marked; what that thread has not reached when tracking
+    ends is left to :func:`consolidate`. :func:`consolidate` later writes only the chunks
     without a marker, so a kill at any point leaves a store that a resume finishes.
 
     The arrays are created (on the first such chunk) with an open length
@@ -483,13 +484,17 @@ class EarlyConsolidation:
                 overwrite=True,
             )
 
-    def finish(self) -> None:
-        """Wait for the chunk writes (raising the first error)."""
-        try:
+    def finish(self, drop_unstarted: bool = True) -> None:
+        """Stop: drop the chunk writes not started (the final consolidation writes them, on
+        the cluster: one client thread falls behind many workers) unless
+        ``drop_unstarted=False``, wait for the rest, raise the first error."""
+        if drop_unstarted:
             for future in self.pending:
+                future.cancel()
+        self.pool.shutdown(wait=True)
+        for future in self.pending:
+            if not future.cancelled():
                 future.result()
-        finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def consolidate(
