@@ -323,9 +323,7 @@ def test_output_chunks_written_while_tracking_are_trusted_only_when_marked(
             )
             streamline_store.write_batch(location, index, result)
         if kind == "early_then_killed":
-            writer = streamline_store.EarlyConsolidation(
-                location, location.root, None, len(bounds) - 1, set()
-            )
+            writer = streamline_store.EarlyConsolidation(location, location.root, None, set())
             for index, counts in enumerate(streamline_store.batch_counts(location, range(3))):
                 writer.batch_done(index, counts["n_streamlines"], counts["n_points"])
             writer.finish(drop_unstarted=False)

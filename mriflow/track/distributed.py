@@ -617,7 +617,7 @@ def track_to_zarr(
     bar = _Progress(progress, len(bounds) - 1, len(done))
     # Output chunks are written as soon as the batches they come from are all written, on
     # a thread of this process (which is otherwise idle while the cluster tracks).
-    early = EarlyConsolidation(location, where, storage_options, len(bounds) - 1, done)
+    early = EarlyConsolidation(location, where, storage_options, done)
 
     def batch_done(counts: tuple[int, int, int]) -> None:
         early.batch_done(*counts)

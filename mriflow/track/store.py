@@ -416,13 +416,11 @@ class EarlyConsolidation:
         location: StoreLocation,
         where: str,
         storage_options: dict[str, Any] | None,
-        n_batches: int,
         done: set[int],
     ) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         self.location, self.where, self.storage_options = location, where, storage_options
-        self.n_batches = n_batches
         self.counts: dict[int, dict[str, int]] = {}
         prefix = 0
         while prefix in done:
