@@ -523,3 +523,21 @@ def test_progress_bar_on_request_and_quiet_by_default(tmp_path, capfd):
     n_batches = mt.open_tractogram(tmp_path / "bar.zarr").header["n_batches"]
     assert "tracking" in err
     assert f"{n_batches}/{n_batches} batches" in err
+
+
+def _environ(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def test_local_cluster_workers_start_without_malloc_trim_threshold():
+    """distributed's nanny sets MALLOC_TRIM_THRESHOLD_, which made tracking batches slower
+    in workers than in the client; get_client's workers go without it, and keep the rest."""
+    import dask
+
+    from mriflow.cluster import get_client
+
+    with get_client(n_workers=1, threads_per_worker=1, dashboard=False) as client:
+        assert list(client.run(_environ, "MALLOC_TRIM_THRESHOLD_").values()) == [None]
+        assert list(client.run(_environ, "OMP_NUM_THREADS").values()) == ["1"]
+    # The configuration is as it was, for clusters made otherwise.
+    assert "MALLOC_TRIM_THRESHOLD_" in dask.config.get("distributed.nanny.pre-spawn-environ")
