@@ -21,7 +21,10 @@ angle 30 deg, lengths 10 to 1000 mm). Rows:
 Timing: from the call to the store being consolidated (tracking, batch writes,
 consolidation, and for ``track_to_zarr`` the client's planning and hashing); kernels are
 warmed first in every process. Peak RSS: VmHWM of the client and of each worker process.
-Also reported per cluster row: consolidation time (its tasks' span) and one batch write.
+Also reported per cluster row: the final consolidation's time (the span of its tasks on
+the cluster; output chunks whose batches were all written earlier were already written by
+the client while tracking went on), the tail (from the last batch tracked to the store
+complete) and one batch write.
 """
 
 from __future__ import annotations
@@ -147,8 +150,12 @@ def child(mode: str, args: argparse.Namespace, fields: Path, store: Path) -> dic
                     overwrite=True, progress=False, fields_from=kind, **options(args.method),
                 )  # fmt: skip
                 result["seconds"] = time.perf_counter() - start
+                finished = time.time()
             result["worker_peak_mib"] = sorted(client.run(peak_mib).values())
-        copies = [t for t in stream.data if str(t["key"]).startswith("_copy_chunk")]
+        tracked = [t for t in stream.data if str(t["key"]).startswith("mriflow-track-")]
+        if tracked:  # from the last batch tracked to the store complete
+            result["tail_s"] = finished - max(s["stop"] for t in tracked for s in t["startstops"])
+        copies = [t for t in stream.data if str(t["key"]).startswith("_write_chunk")]
         if copies:
             starts = [s["start"] for t in copies for s in t["startstops"]]
             stops = [s["stop"] for t in copies for s in t["startstops"]]
@@ -225,17 +232,18 @@ def main() -> None:
         f"{args.batch_size}, best of {args.repeat}\n"
     )
     print(
-        "| run | s | seeds/s | points/s | consolidation s | batch write ms | client peak MiB "
-        "| worker peak MiB |"
+        "| run | s | seeds/s | points/s | consolidation s | tail s | batch write ms "
+        "| client peak MiB | worker peak MiB |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for mode, row in best.items():
-        consolidation = row.get("consolidation_s")
+        consolidation, tail = row.get("consolidation_s"), row.get("tail_s")
         write = row.get("batch_write_ms")
         print(
             f"| {mode} | {row['seconds']:.2f} | {row['seeds'] / row['seconds']:,.0f} | "
             f"{row['points'] / row['seconds']:,.0f} | "
             f"{'-' if consolidation is None else f'{consolidation:.2f}'} | "
+            f"{'-' if tail is None else f'{tail:.2f}'} | "
             f"{'-' if write is None else f'{write:.1f}'} | {row['client_peak_mib']:,.0f} | "
             f"{', '.join(f'{m:,.0f}' for m in row.get('worker_peak_mib', [])) or '-'} |"
         )

@@ -27,7 +27,14 @@ def get_client(
     **cluster_kwargs: Any,
 ) -> Any:
     """A ``distributed.Client``: to ``address`` (or ``$MRIFLOW_SCHEDULER``) if given, else
-    to a new loopback-only ``LocalCluster`` sized to this machine."""
+    to a new loopback-only ``LocalCluster`` sized to this machine.
+
+    The local cluster's workers start without ``MALLOC_TRIM_THRESHOLD_``, which
+    distributed's nanny sets by default (``distributed.nanny.pre-spawn-environ``): setting
+    it fixes glibc's mmap threshold, so every large array a task allocates is a fresh
+    mapping, faulted in page by page; tracking batches ran ~9 % slower in such workers
+    than in the client (``bench/results/dtrack.md``)."""
+    import dask
     from distributed import Client
 
     address = address or os.environ.get(SCHEDULER_ENV)
@@ -35,13 +42,17 @@ def get_client(
         return Client(address)
     if not dashboard:
         cluster_kwargs.setdefault("scheduler_kwargs", {})["dashboard"] = False
-    # Client starts the LocalCluster itself, so closing the client also stops the cluster.
-    return Client(
-        host="127.0.0.1",
-        n_workers=n_workers,
-        threads_per_worker=threads_per_worker,
-        memory_limit=memory_limit,
-        processes=processes,
-        dashboard_address="127.0.0.1:0",  # never distributed's default of every interface
-        **cluster_kwargs,
-    )
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    # Client starts the LocalCluster itself, so closing the client also stops the cluster;
+    # its nannies read the environment for their workers when they are made, here.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        return Client(
+            host="127.0.0.1",
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            memory_limit=memory_limit,
+            processes=processes,
+            dashboard_address="127.0.0.1:0",  # never distributed's default of every interface
+            **cluster_kwargs,
+        )

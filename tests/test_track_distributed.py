@@ -6,6 +6,7 @@ byte: the store's files, or the streamlines.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -273,6 +274,73 @@ def test_killed_worker_is_replaced_and_the_store_is_identical(reference, tmp_pat
     assert tree(path) == expected_tree
 
 
+def _array_files(store: Path) -> dict[str, bytes]:
+    """The bytes of the final arrays' files (not the header or the batch layout)."""
+    return {
+        name: data
+        for name, data in tree(store).items()
+        if name.split("/")[0] in ("positions", "offsets", "dps")
+    }
+
+
+def test_output_chunks_written_while_tracking_are_trusted_only_when_marked(
+    reference, tmp_path, monkeypatch
+):
+    from mriflow.io.zarr._store import resolve_store
+    from mriflow.track import store as streamline_store
+    from mriflow.track.api import plan_tracking, track_batch
+
+    # Small output chunks, so that this small run has many of them, written early.
+    monkeypatch.setattr(streamline_store, "POINT_CHUNK", 4096)
+    monkeypatch.setattr(streamline_store, "STREAMLINE_CHUNK", 64)
+    expected, _, _ = reference
+    dataset, stopping, seeds = inputs()
+    early = mt.track_to_zarr(
+        dataset, stopping, seeds, tmp_path / "early.zarr", batch_size=BATCH, progress=False,
+        **OPTIONS,
+    )  # fmt: skip
+    assert early._array("positions").chunks == (4096, 3)
+    assert early.positions.shape[0] > 8 * 4096
+    got = early.to_tractogram()
+    for name in ("positions", "offsets", "seed_ids", "stop_reasons"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(expected, name))
+
+    # The same streamlines, batches written by hand: one store consolidated all at the end,
+    # one where the first batches' chunks were written early and a kill cut one chunk's
+    # write short (its bytes garbage, no marker): consolidation rewrites that one only.
+    job = plan_tracking(dataset, stopping, seeds, **OPTIONS)
+    bounds = np.linspace(0, len(job.seed_ids), 7).round().astype(np.int64)
+    stores = {}
+    for kind in ("at_end", "early_then_killed"):
+        location = resolve_store(tmp_path / f"{kind}.zarr")
+        streamline_store.create_store(
+            location, affine=job.affine, dimensions=(1, 1, 1), parameters={},
+            fingerprint="test", batch_bounds=bounds,
+        )  # fmt: skip
+        for index, (start, stop) in enumerate(itertools.pairwise(bounds)):
+            result = track_batch(
+                job.fields, job.seeds_voxel[start:stop], job.seed_ids[start:stop], job.params
+            )
+            streamline_store.write_batch(location, index, result)
+        if kind == "early_then_killed":
+            writer = streamline_store.EarlyConsolidation(location, location.root, None, set())
+            for index, counts in enumerate(streamline_store.batch_counts(location, range(3))):
+                writer.batch_done(index, counts["n_streamlines"], counts["n_points"])
+            writer.finish(drop_unstarted=False)
+            written = streamline_store.done_chunks(location)
+            assert ("positions", 1) in written
+            assert ("dps/seed_id", 0) in written
+            last = max(chunk for name, chunk in written if name == "positions")
+            assert ("positions", last + 1) not in written  # not all written yet
+            marker = location.path(streamline_store._chunk_marker("positions", 1))
+            os.remove(marker)
+            chunk = Path(location.root) / "positions" / "c" / "1" / "0"
+            chunk.write_bytes(b"cut short")
+        streamline_store.consolidate(location)
+        stores[kind] = _array_files(Path(location.root))
+    assert stores["at_end"] == stores["early_then_killed"] == _array_files(tmp_path / "early.zarr")
+
+
 def test_bad_stores(tmp_path):
     import zarr
 
@@ -455,3 +523,21 @@ def test_progress_bar_on_request_and_quiet_by_default(tmp_path, capfd):
     n_batches = mt.open_tractogram(tmp_path / "bar.zarr").header["n_batches"]
     assert "tracking" in err
     assert f"{n_batches}/{n_batches} batches" in err
+
+
+def _environ(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def test_local_cluster_workers_start_without_malloc_trim_threshold():
+    """distributed's nanny sets MALLOC_TRIM_THRESHOLD_, which made tracking batches slower
+    in workers than in the client; get_client's workers go without it, and keep the rest."""
+    import dask
+
+    from mriflow.cluster import get_client
+
+    with get_client(n_workers=1, threads_per_worker=1, dashboard=False) as client:
+        assert list(client.run(_environ, "MALLOC_TRIM_THRESHOLD_").values()) == [None]
+        assert list(client.run(_environ, "OMP_NUM_THREADS").values()) == ["1"]
+    # The configuration is as it was, for clusters made otherwise.
+    assert "MALLOC_TRIM_THRESHOLD_" in dask.config.get("distributed.nanny.pre-spawn-environ")

@@ -40,6 +40,7 @@ from mriflow.io.zarr._store import resolve_store
 from mriflow.track.api import FieldArrays, TrackingParams, plan_tracking, track_batch
 from mriflow.track.stopping import StoppingCriterion
 from mriflow.track.store import (
+    EarlyConsolidation,
     StreamlineStore,
     consolidate,
     create_store,
@@ -190,7 +191,9 @@ def _default_client() -> Any:
 
 
 def _run_local(
-    submit_args: list[tuple[Any, ...]], fields: FieldArrays, on_done: Callable[[], None]
+    submit_args: list[tuple[Any, ...]],
+    fields: FieldArrays,
+    on_done: Callable[[tuple[int, int, int]], None],
 ) -> None:
     """Batches in this process on one thread per CPU (no cluster)."""
     threads = os.cpu_count() or 1
@@ -201,11 +204,9 @@ def _run_local(
             if len(pending) >= 2 * threads:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    future.result()
-                    on_done()
+                    on_done(future.result())
         for future in pending:
-            future.result()
-            on_done()
+            on_done(future.result())
 
 
 #: How many times each field set arrived in this process (by plugin name): once per
@@ -415,7 +416,7 @@ def _run_cluster(
     fields: FieldArrays,
     recipe: FieldRecipe | StoredFields | None,
     token: str,
-    on_done: Callable[[], None],
+    on_done: Callable[[tuple[int, int, int]], None],
 ) -> None:
     """Batches as tasks on ``client``'s cluster, fields sent (or opened from storage) once
     per worker, a bounded window of tasks in flight so the client never holds more than
@@ -445,9 +446,9 @@ def _run_cluster(
             [submit(args) for _, args in zip(range(window), queue, strict=False)]
         )
         for future in running:
-            future.result()
+            counts = future.result()
             future.release()
-            on_done()
+            on_done(counts)
             following = next(queue, None)
             if following is not None:
                 running.add(submit(following))
@@ -614,12 +615,21 @@ def track_to_zarr(
             location, where, storage_options,
         )  # fmt: skip
     bar = _Progress(progress, len(bounds) - 1, len(done))
+    # Output chunks are written as soon as the batches they come from are all written, on
+    # a thread of this process (which is otherwise idle while the cluster tracks).
+    early = EarlyConsolidation(location, where, storage_options, done)
+
+    def batch_done(counts: tuple[int, int, int]) -> None:
+        early.batch_done(*counts)
+        bar.advance()
+
     try:
         if client is None:
-            _run_local(todo, arrays, bar.advance)
+            _run_local(todo, arrays, batch_done)
         elif todo:
-            _run_cluster(client, todo, arrays, recipe, fingerprint[:12], bar.advance)
+            _run_cluster(client, todo, arrays, recipe, fingerprint[:12], batch_done)
     finally:
         bar.close()
+        early.finish()
     consolidate(location, where=where, storage_options=storage_options, client=client)
     return open_tractogram(store, storage_options=storage_options)

@@ -16,6 +16,8 @@ Layout (zarr format 3, local path or fsspec URL)::
                                 0, seed_id, stop_reason, length), like TRX's members
       batches/.mriflow-progress/0/12.done   completion marker of batch 12, written last;
                                 it holds the batch's counts as JSON
+      batches/.mriflow-progress/chunks/positions/3.done   chunk 3 of ``positions`` is
+                                written (markers of the output chunks, see below)
       batches/fields/*.npy      while tracking, when the fields were in the client's memory:
                                 the copy workers read them from (mriflow.track.distributed)
 
@@ -28,10 +30,14 @@ Resumable writes follow DESIGN.md: no array ever grows. Each batch is one file, 
 under a temporary name and renamed, and its completion marker is written after it; a resume
 trusts markers only and first removes the ``*.partial`` files a killed writer leaves. The
 header is written last when a store is started, so a store without one was killed while
-starting and is started over. Consolidation copies the batch files into the final arrays
-(one task per output chunk, reading only the byte ranges it needs, on the cluster when
-there is one), then sets ``status = "complete"``, then removes the batch files. A crash at
-any point leaves a store that ``resume=True`` finishes.
+starting and is started over. Consolidation copies the batch files into the final arrays,
+one output chunk at a time (reading only the byte ranges it needs), each chunk followed by
+its marker: while tracking goes on, every whole chunk whose rows come from batches
+``0..k`` only is written as soon as those batches are all written
+(:class:`EarlyConsolidation`, on a thread of the client); at the end, the chunks without a
+marker (on the cluster when there is one), then ``status = "complete"``, then the batch
+files and markers are removed. A chunk is trusted only by its marker. A crash at any point
+leaves a store that ``resume=True`` finishes, with the same bytes.
 """
 
 from __future__ import annotations
@@ -63,8 +69,10 @@ __all__ = [
     "batch_counts",
     "batch_file",
     "consolidate",
+    "EarlyConsolidation",
     "create_store",
     "done_batches",
+    "done_chunks",
     "is_unstarted_store",
     "read_batch_rows",
     "reset_store",
@@ -303,6 +311,190 @@ def _copy_chunk(
     target[start:stop] = np.concatenate(pieces)
 
 
+#: Rows of an output array created while tracking, before its length is known; the final
+#: consolidation shrinks it to its length (only whole chunks below that were written).
+_OPEN_ROWS = 1 << 50
+_CHUNK_MARKERS = f"{_BATCHES}/{PROGRESS_DIR}/chunks"
+
+
+def _output_arrays(n_points: int, n_streamlines: int) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Shape and dtype of each final array."""
+    arrays: dict[str, tuple[tuple[int, ...], Any]] = {
+        "positions": ((n_points, 3), np.float32),
+        "offsets": ((n_streamlines + 1,), np.uint64),
+    }
+    for name, (shape, dtype) in _PER_STREAMLINE.items():
+        arrays[f"dps/{name}"] = ((n_streamlines, *shape), dtype)
+    return arrays
+
+
+def _chunk_rows(name: str) -> int:
+    return POINT_CHUNK if name == "positions" else STREAMLINE_CHUNK
+
+
+def _chunk_marker(name: str, chunk: int) -> str:
+    return f"{_CHUNK_MARKERS}/{name.replace('/', '.')}/{chunk}.done"
+
+
+def done_chunks(location: StoreLocation) -> set[tuple[str, int]]:
+    """Output chunks ``(array name, chunk index)`` whose write completed (marker present)."""
+    folder = location.path(_CHUNK_MARKERS)
+    if not location.fs.exists(folder):
+        return set()
+    done = set()
+    for path in location.fs.find(folder):
+        parts = str(path).rstrip("/").rsplit("/", 2)
+        if len(parts) == 3 and parts[2].endswith(".done"):
+            done.add((parts[1].replace(".", "/"), int(parts[2].removesuffix(".done"))))
+    return done
+
+
+def _chunk_jobs(
+    counts: list[dict[str, int]], n_rows: dict[str, int] | None, n_points: int
+) -> list[tuple[str, int, int, int, list[tuple[int, dict[str, int], int, int]], int]]:
+    """``(name, chunk, start, stop, sources, n_points)`` for each output chunk that
+    ``counts`` (of batches 0, 1, ... in order) fill.
+
+    ``n_rows`` None: only the whole chunks lying entirely within these batches (the store's
+    first batches, while tracking goes on); else the final length of every array, and
+    every chunk of it (``counts`` are then all the batches)."""
+    point_starts = np.concatenate([[0], np.cumsum([int(c["n_points"]) for c in counts])])
+    line_starts = np.concatenate([[0], np.cumsum([int(c["n_streamlines"]) for c in counts])])
+    jobs = []
+    for name in _output_arrays(0, 0):
+        row_starts = point_starts if name == "positions" else line_starts
+        rows = _chunk_rows(name)
+        if n_rows is None:
+            total = int(row_starts[-1])
+            end = total - total % rows  # whole chunks only
+        else:
+            total = end = n_rows[name]
+            rows = max(min(rows, total), 1)
+        for start in range(0, end, rows):
+            stop = min(start + rows, total)
+            first = int(np.searchsorted(row_starts, start, side="right")) - 1
+            last = int(np.searchsorted(row_starts, stop, side="left"))
+            sources = [
+                (index, counts[index], int(row_starts[index]), int(point_starts[index]))
+                for index in range(max(first, 0), min(last, len(counts)))
+            ]
+            jobs.append((name, start // rows, start, stop, sources, n_points))
+    return jobs
+
+
+def _write_chunk(
+    where: str,
+    storage_options: dict[str, Any] | None,
+    name: str,
+    chunk: int,
+    start: int,
+    stop: int,
+    sources: list[tuple[int, dict[str, int], int, int]],
+    n_points: int,
+) -> None:
+    """Write one output chunk from the batch files, then its completion marker."""
+    _copy_chunk(where, storage_options, name, start, stop, sources, n_points)
+    location = resolve_store(where, storage_options=storage_options)
+    _put(location, _chunk_marker(name, chunk), b"")
+
+
+class EarlyConsolidation:
+    """Writes output chunks while tracking goes on: as soon as batches ``0..k`` are all
+    written, every whole output chunk whose rows come from them alone is final (the layout
+    is ordered by seed id, so nothing later changes it) and is written on one background
+    thread of this process, then marked; what that thread has not reached when tracking
+    ends is left to :func:`consolidate`. :func:`consolidate` later writes only the chunks
+    without a marker, so a kill at any point leaves a store that a resume finishes.
+
+    The arrays are created (on the first such chunk) with an open length
+    (:data:`_OPEN_ROWS`) and whole chunks of :data:`POINT_CHUNK` / :data:`STREAMLINE_CHUNK`
+    rows; :func:`consolidate` shrinks them to their length, and the bytes are those of an
+    all-at-the-end consolidation."""
+
+    def __init__(
+        self,
+        location: StoreLocation,
+        where: str,
+        storage_options: dict[str, Any] | None,
+        done: set[int],
+    ) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.location, self.where, self.storage_options = location, where, storage_options
+        self.counts: dict[int, dict[str, int]] = {}
+        prefix = 0
+        while prefix in done:
+            prefix += 1
+        if prefix:
+            self.counts.update(
+                zip(range(prefix), batch_counts(location, range(prefix)), strict=True)
+            )
+        self.prefix = prefix
+        self.written = done_chunks(location)
+        self.created: set[str] = set()
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mriflow-consolidate")
+        self.pending: list[Any] = []
+        self._schedule()
+
+    def batch_done(self, index: int, n_streamlines: int, n_points: int) -> None:
+        """Record batch ``index`` written; write the output chunks it completes."""
+        self.counts[index] = {"n_streamlines": int(n_streamlines), "n_points": int(n_points)}
+        if index == self.prefix:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        advanced = False
+        while self.prefix in self.counts:
+            self.prefix += 1
+            advanced = True
+        if not advanced and self.pending:
+            return
+        counts = [self.counts[index] for index in range(self.prefix)]
+        for job in _chunk_jobs(counts, None, 0):
+            name, chunk = job[0], job[1]
+            if (name, chunk) in self.written:
+                continue
+            self.written.add((name, chunk))
+            self.pending.append(self.pool.submit(self._write, job))
+
+    def _write(self, job: tuple[Any, ...]) -> None:
+        name = job[0]
+        if name not in self.created:
+            self._require_array(name)
+            self.created.add(name)
+        _write_chunk(self.where, self.storage_options, *job)
+
+    def _require_array(self, name: str) -> None:
+        import zarr
+
+        try:
+            zarr.open_array(self.location.store, path=name, mode="r+")
+        except Exception:  # absent, or a creation a kill cut short: (re)create it
+            markers = self.location.path(_chunk_marker(name, 0).rsplit("/", 1)[0])
+            if self.location.fs.exists(markers):
+                self.location.fs.rm(markers, recursive=True)
+            shape, dtype = _output_arrays(0, 0)[name]
+            _open_root(self.location).create_array(
+                name,
+                shape=(_OPEN_ROWS, *shape[1:]),
+                dtype=dtype,
+                chunks=(_chunk_rows(name), *shape[1:]),
+                overwrite=True,
+            )
+
+    def finish(self, drop_unstarted: bool = True) -> None:
+        """Stop: drop the chunk writes not started (the final consolidation writes them, on
+        the cluster: one client thread falls behind many workers) unless
+        ``drop_unstarted=False``, wait for the rest, raise the first error."""
+        if drop_unstarted:
+            for future in self.pending:
+                future.cancel()
+        self.pool.shutdown(wait=True)
+        for future in self.pending:
+            if not future.cancelled():
+                future.result()
+
+
 def consolidate(
     location: StoreLocation,
     *,
@@ -315,10 +507,14 @@ def consolidate(
 
     One task per output chunk reads the byte ranges of the batch files that overlap it and
     writes that chunk (on ``client``'s cluster when given, else on threads here): memory
-    stays O(chunks in flight), whatever the store's size. ``where``: the store's path or
-    URL as workers open it.
+    stays O(chunks in flight), whatever the store's size. Chunks already written and
+    marked (by :class:`EarlyConsolidation`, or a consolidation a kill interrupted) are
+    kept. ``where``: the store's path or URL as workers open it.
     """
     from concurrent.futures import ThreadPoolExecutor
+
+    import zarr
+    from zarr.core.sync import sync
 
     header = read_header(location)
     if header is None:
@@ -332,39 +528,36 @@ def consolidate(
         )
     root = _open_root(location)
     counts = batch_counts(location, range(n_batches))
-    point_starts = np.concatenate([[0], np.cumsum([int(c["n_points"]) for c in counts])])
-    line_starts = np.concatenate([[0], np.cumsum([int(c["n_streamlines"]) for c in counts])])
-    n_points, n_streamlines = int(point_starts[-1]), int(line_starts[-1])
-    layout: dict[str, tuple[tuple[int, ...], Any, int]] = {
-        "positions": ((n_points, 3), np.float32, POINT_CHUNK),
-        "offsets": ((n_streamlines + 1,), np.uint64, STREAMLINE_CHUNK),
-    }
-    for name, (shape, dtype) in _PER_STREAMLINE.items():
-        layout[f"dps/{name}"] = ((n_streamlines, *shape), dtype, STREAMLINE_CHUNK)
-    jobs: list[tuple[Any, ...]] = []
-    for name, (shape, dtype, rows) in layout.items():
-        rows = max(min(rows, shape[0]), 1)
-        root.create_array(name, shape=shape, dtype=dtype, chunks=(rows, *shape[1:]), overwrite=True)
-        row_starts = point_starts if name == "positions" else line_starts
-        for start in range(0, shape[0], rows):
-            stop = min(start + rows, shape[0])
-            first = int(np.searchsorted(row_starts, start, side="right")) - 1
-            last = int(np.searchsorted(row_starts, stop, side="left"))
-            sources = [
-                (index, counts[index], int(row_starts[index]), int(point_starts[index]))
-                for index in range(max(first, 0), min(last, n_batches))
-            ]
-            jobs.append((name, start, stop, sources, n_points))
+    n_points = sum(int(c["n_points"]) for c in counts)
+    n_streamlines = sum(int(c["n_streamlines"]) for c in counts)
+    written = done_chunks(location)
+    arrays = _output_arrays(n_points, n_streamlines)
+    for name, (shape, dtype) in arrays.items():
+        if any(marked == name for marked, _ in written):
+            # Created while tracking, with an open length and whole chunks: shrink it (no
+            # chunk lies past its length, so there is nothing to delete).
+            array = zarr.open_array(location.store, path=name, mode="r+")
+            sync(array._async_array.resize(shape, delete_outside_chunks=False))
+        else:
+            rows = max(min(_chunk_rows(name), shape[0]), 1)
+            root.create_array(
+                name, shape=shape, dtype=dtype, chunks=(rows, *shape[1:]), overwrite=True
+            )
+    jobs = [
+        job
+        for job in _chunk_jobs(counts, {name: s[0][0] for name, s in arrays.items()}, n_points)
+        if (job[0], job[1]) not in written
+    ]
     root.require_group("dpv")
     where = where if where is not None else location.root
     if client is not None:
         futures = [
-            client.submit(_copy_chunk, where, storage_options, *job, pure=False) for job in jobs
+            client.submit(_write_chunk, where, storage_options, *job, pure=False) for job in jobs
         ]
         client.gather(futures)
     else:
         with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 4)) as pool:
-            list(pool.map(lambda job: _copy_chunk(where, storage_options, *job), jobs))
+            list(pool.map(lambda job: _write_chunk(where, storage_options, *job), jobs))
     header.update(NB_STREAMLINES=n_streamlines, NB_VERTICES=n_points, status="complete")
     root.attrs[HEADER_KEY] = header
     drop_batches(location)
