@@ -72,7 +72,11 @@ def test_conversion_larger_than_worker_memory(
     # it before any data arrives. They are off here; the test measures what the conversion
     # adds instead: bounded by the chunks in flight, far below the image and the limit.
     import dask
+    import distributed  # noqa: F401
 
+    # distributed must be imported before dask.config.set: otherwise the "distributed" key
+    # is new to the config, and leaving the block removes it whole, including the defaults
+    # distributed added meanwhile ("distributed.comm..." then fails in the next test).
     memory_policy = {
         "distributed.worker.memory.target": False,
         "distributed.worker.memory.spill": False,
