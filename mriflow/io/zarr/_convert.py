@@ -19,7 +19,6 @@ import hashlib
 import os
 import tempfile
 import threading
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import numpy as np
 from mriflow.errors import CorruptDataError, ImageFormatError, MissingFileError
 from mriflow.io.zarr import _layout as layout
 from mriflow.io.zarr._store import is_url, resolve_store
-from mriflow.io.zarr._stream import stream_gzip_to_shards
+from mriflow.io.zarr._stream import inflate_blocks, stream_gzip_to_shards
 
 __all__ = ["RawFileArray", "convert", "inflate", "is_zarr_location"]
 
@@ -107,43 +106,18 @@ def inflate(source: Path, target: Path, block: int = 8 << 20) -> str:
     beside the inflation (zlib, hashlib and file writes all release the GIL).
     """
     digest = hashlib.sha256()
-    decompressor = zlib.decompressobj(31)
     with (
-        source.open("rb") as src,
         target.open("wb") as dst,
         concurrent.futures.ThreadPoolExecutor(1) as hasher,
         concurrent.futures.ThreadPoolExecutor(1) as writer,
     ):
-        hashed: concurrent.futures.Future[None] | None = None
         written: concurrent.futures.Future[int] | None = None
-        in_member = False
-        while chunk := src.read(block):
-            if hashed is not None:
-                hashed.result()
-            hashed = hasher.submit(digest.update, chunk)
-            data = chunk
-            while data:
-                if not in_member and not data.strip(b"\0"):
-                    break  # zero padding after the last member
-                in_member = True
-                try:
-                    out = decompressor.decompress(data, 8 * block)
-                except zlib.error as exc:
-                    raise CorruptDataError(f"{source}: damaged gzip stream ({exc})") from exc
-                if written is not None:
-                    written.result()  # at most one block waits to be written
-                written = writer.submit(dst.write, out)
-                if decompressor.eof:
-                    data = decompressor.unused_data
-                    decompressor = zlib.decompressobj(31)
-                    in_member = False
-                else:
-                    data = decompressor.unconsumed_tail
-        for pending in (hashed, written):
-            if pending is not None:
-                pending.result()
-    if in_member:
-        raise CorruptDataError(f"{source}: gzip stream ends early; the file is truncated")
+        for out in inflate_blocks(source, digest, hasher, block, 8 * block):
+            if written is not None:
+                written.result()  # at most one block waits to be written
+            written = writer.submit(dst.write, out)
+        if written is not None:
+            written.result()
     return f"sha256:{digest.hexdigest()}"
 
 

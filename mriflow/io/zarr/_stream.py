@@ -23,7 +23,7 @@ import math
 import os
 import threading
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import numpy as np
 
 from mriflow.errors import CorruptDataError
 
-__all__ = ["inner_chunk_encoder", "stream_gzip_to_shards"]
+__all__ = ["inflate_blocks", "inner_chunk_encoder", "stream_gzip_to_shards"]
 
 #: Inflated bytes handed over per ``decompress`` call (zlib output buffer size).
 INFLATE_OUTPUT_BYTES = 16 << 20
@@ -330,6 +330,49 @@ def stream_gzip_to_shards(
     return f"sha256:{digest.hexdigest()}"
 
 
+def inflate_blocks(
+    source: Path,
+    digest: Any,
+    hasher: concurrent.futures.Executor,
+    read_bytes: int = READ_BYTES,
+    output_bytes: int = INFLATE_OUTPUT_BYTES,
+) -> Iterator[bytes]:
+    """Inflate gzip ``source`` sequentially on this thread, yielding its output in order,
+    at most ``output_bytes`` at a time; the compressed input goes to ``digest.update`` on
+    the ``hasher`` thread meanwhile (one read ahead at most). Multi-member files and zero
+    padding after the last member are accepted; a damaged or truncated stream is a
+    :class:`CorruptDataError` naming ``source``."""
+    decompressor = zlib.decompressobj(31)
+    hashed: concurrent.futures.Future[None] | None = None
+    in_member = False
+    with source.open("rb", buffering=0) as stream:
+        while chunk := stream.read(read_bytes):
+            if hashed is not None:
+                hashed.result()
+            hashed = hasher.submit(digest.update, chunk)
+            data = chunk
+            while data:
+                if not in_member and not data.strip(b"\0"):
+                    break  # zero padding after the last member
+                in_member = True
+                try:
+                    out = decompressor.decompress(data, output_bytes)
+                except zlib.error as exc:
+                    raise CorruptDataError(f"{source}: damaged gzip stream ({exc})") from exc
+                if out:
+                    yield out
+                if decompressor.eof:
+                    data = decompressor.unused_data
+                    decompressor = zlib.decompressobj(31)
+                    in_member = False
+                else:
+                    data = decompressor.unconsumed_tail
+    if hashed is not None:
+        hashed.result()
+    if in_member:
+        raise CorruptDataError(f"{source}: gzip stream ends early; the file is truncated")
+
+
 def _inflate_into(
     source: Path,
     digest: Any,
@@ -341,42 +384,15 @@ def _inflate_into(
     """Inflate gzip ``source`` (multi-member allowed) on this thread, handing each block
     of output to ``feed`` on the ``packing`` thread in order and the compressed input to
     ``digest`` on the ``hasher`` thread. Fails unless at least ``needed`` bytes come out."""
-    decompressor = zlib.decompressobj(31)
     pending: collections.deque[concurrent.futures.Future[None]] = collections.deque()
-    hashed: concurrent.futures.Future[None] | None = None
     position = 0
-    in_member = False
-    with source.open("rb", buffering=0) as stream:
-        while chunk := stream.read(READ_BYTES):
-            if hashed is not None:
-                hashed.result()
-            hashed = hasher.submit(digest.update, chunk)
-            data = chunk
-            while data:
-                if not in_member and not data.strip(b"\0"):
-                    break  # zero padding after the last member
-                in_member = True
-                try:
-                    out = decompressor.decompress(data, INFLATE_OUTPUT_BYTES)
-                except zlib.error as exc:
-                    raise CorruptDataError(f"{source}: damaged gzip stream ({exc})") from exc
-                if out:
-                    pending.append(packing.submit(feed, position, out))
-                    position += len(out)
-                    while len(pending) > MAX_PENDING or (pending and pending[0].done()):
-                        pending.popleft().result()
-                if decompressor.eof:
-                    data = decompressor.unused_data
-                    decompressor = zlib.decompressobj(31)
-                    in_member = False
-                else:
-                    data = decompressor.unconsumed_tail
+    for out in inflate_blocks(source, digest, hasher):
+        pending.append(packing.submit(feed, position, out))
+        position += len(out)
+        while len(pending) > MAX_PENDING or (pending and pending[0].done()):
+            pending.popleft().result()
     while pending:
         pending.popleft().result()
-    if hashed is not None:
-        hashed.result()
-    if in_member:
-        raise CorruptDataError(f"{source}: gzip stream ends early; the file is truncated")
     if position < needed:
         raise CorruptDataError(
             f"{source}: file ends before the pixel data does ({position} of {needed} bytes)"
