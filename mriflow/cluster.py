@@ -9,9 +9,10 @@ it with TLS through ``distributed.security.Security`` (see cluster/README.md).
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
-__all__ = ["SCHEDULER_ENV", "get_client"]
+__all__ = ["SCHEDULER_ENV", "current_client", "get_client"]
 
 SCHEDULER_ENV = "MRIFLOW_SCHEDULER"
 
@@ -56,3 +57,18 @@ def get_client(
             dashboard_address="127.0.0.1:0",  # never distributed's default of every interface
             **cluster_kwargs,
         )
+
+
+def current_client() -> Any:
+    """The active ``distributed`` client (``distributed.default_client()``), or None.
+
+    Does not import distributed when nothing has: no client can exist before it is imported.
+    """
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:  # distributed imported, no client made
+        return None

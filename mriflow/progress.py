@@ -25,6 +25,8 @@ from typing import Any
 
 from dask.callbacks import Callback
 
+from mriflow.cluster import current_client
+
 __all__ = ["ProgressFactory", "compute_progress", "no_progress", "terminal_progress"]
 
 log = logging.getLogger(__name__)
@@ -115,15 +117,6 @@ class _ClusterTasks:
             self._update(sum(totals), sum(finished))
 
 
-def _default_client() -> Any:
-    try:
-        from distributed import default_client
-
-        return default_client()
-    except (ImportError, ValueError):
-        return None
-
-
 @contextlib.contextmanager
 def compute_progress(
     description: str,
@@ -174,7 +167,7 @@ def compute_progress(
         with lock:
             bar.update(task, total=local["total"] + total, completed=local["done"] + done)
 
-    client = client if client is not None else _default_client()
+    client = client if client is not None else current_client()
     cluster = _ClusterTasks(client, update_cluster) if client is not None else None
     with bar, _LocalTasks(advance_local), cluster or contextlib.nullcontext():
         yield

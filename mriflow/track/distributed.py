@@ -35,6 +35,7 @@ import numpy as np
 import xarray as xr
 from distributed import WorkerPlugin
 
+from mriflow.cluster import current_client
 from mriflow.errors import StoreWriteError, TrackingInputError, TractogramStoreError
 from mriflow.io.zarr._store import resolve_store
 from mriflow.track.api import FieldArrays, TrackingParams, plan_tracking, track_batch
@@ -179,15 +180,6 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
-
-
-def _default_client() -> Any:
-    try:
-        from distributed import default_client
-
-        return default_client()
-    except (ImportError, ValueError):
-        return None
 
 
 def _run_local(
@@ -607,7 +599,7 @@ def track_to_zarr(
         for index in range(len(bounds) - 1)
         if index not in done
     ]
-    client = client if client is not None else _default_client()
+    client = client if client is not None else current_client()
     recipe = None
     if client is not None and todo:
         recipe = _field_source(

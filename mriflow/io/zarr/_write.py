@@ -6,7 +6,6 @@ import datetime
 import hashlib
 import math
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,13 +163,11 @@ def plan_image(
 
 def _parallelism() -> int:
     """Threads that will run the writes: the active distributed client's, else this machine's."""
-    if "distributed" in sys.modules:  # no client can exist before distributed is imported
-        from distributed import default_client
+    from mriflow.cluster import current_client
 
-        try:
-            return max(1, sum(default_client().nthreads().values()))
-        except ValueError:
-            pass
+    client = current_client()
+    if client is not None:
+        return max(1, sum(client.nthreads().values()))
     return os.cpu_count() or 1
 
 
