@@ -58,10 +58,9 @@ from mriflow.errors import (
     IncompleteStoreError,
     MissingFileError,
     StoreFormatError,
-    TractogramFormatError,
 )
 from mriflow.io.zarr._store import PROGRESS_DIR, StoreLocation, resolve_store
-from mriflow.track.tractogram import FORMATS, Tractogram
+from mriflow.track.tractogram import Tractogram, output_paths
 
 __all__ = [
     "HEADER_KEY",
@@ -683,13 +682,7 @@ class StreamlineStore:
     def export(self, path: str | os.PathLike[str], *, streamlines_per_chunk: int = 100_000) -> Path:
         """Write ``.trx``, ``.trk`` or ``.tck`` streaming: at most ``streamlines_per_chunk``
         streamlines in memory at once. Written under a temporary name, then renamed."""
-        path = Path(path)
-        suffix = path.suffix.lower()
-        if suffix not in FORMATS:
-            raise TractogramFormatError(
-                f"{path}: unknown streamline format {suffix!r}; use one of {FORMATS}"
-            )
-        partial = path.with_name(path.name + ".partial" + suffix)
+        path, suffix, partial = output_paths(path)
         try:
             if suffix == ".trx":
                 self._export_trx(partial, streamlines_per_chunk)

@@ -19,10 +19,22 @@ import numpy as np
 from mriflow.errors import MissingFileError, TractogramFormatError
 from mriflow.track.kernels import STOP_REASONS
 
-__all__ = ["FORMATS", "Tractogram", "load"]
+__all__ = ["FORMATS", "Tractogram", "load", "output_paths"]
 
 #: File extensions :meth:`Tractogram.save` and :func:`load` handle.
 FORMATS = (".trk", ".tck", ".trx")
+
+
+def output_paths(path: str | os.PathLike[str]) -> tuple[Path, str, Path]:
+    """``(path, format suffix, temporary name)`` of a streamline file to write; an unknown
+    format is a :class:`TractogramFormatError` naming ``path``."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise TractogramFormatError(
+            f"{path}: unknown streamline format {suffix!r}; use one of {FORMATS}"
+        )
+    return path, suffix, path.with_name(path.name + ".partial" + suffix)
 
 
 def trk_header(affine: np.ndarray, dimensions: tuple[int, int, int]) -> dict[Any, Any]:
@@ -180,13 +192,7 @@ class Tractogram:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``.trk`` / ``.tck`` (nibabel.streamlines) or ``.trx`` (trx-python), in the
         reference image's space. Written to a temporary name, then renamed."""
-        path = Path(path)
-        suffix = path.suffix.lower()
-        if suffix not in FORMATS:
-            raise TractogramFormatError(
-                f"{path}: unknown streamline format {suffix!r}; use one of {FORMATS}"
-            )
-        partial = path.with_name(path.name + ".partial" + suffix)
+        path, suffix, partial = output_paths(path)
         if suffix == ".trx":
             self._save_trx(partial)
         else:
