@@ -428,16 +428,21 @@ def test_store_killed_while_starting_resumes_to_the_same_store(reference, schedu
     _, _, expected_tree = reference
     dataset, stopping, seeds = inputs()
     path = tmp_path / "early.zarr"
-    job = subprocess.Popen(
-        [sys.executable, JOBS, "track", str(path), str(scheduler_file), str(BATCH)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    log = tmp_path / "job.log"
+    with log.open("wb") as stderr:
+        job = subprocess.Popen(
+            [sys.executable, JOBS, "track", str(path), str(scheduler_file), str(BATCH)],
+            stdout=subprocess.DEVNULL, stderr=stderr,
+        )  # fmt: skip
+    # zarr's mode "w" makes the folder, empties it (rmtree) and makes it again: wait for the
+    # root group's metadata, which stays.
+    started = path / "zarr.json"
     deadline = time.monotonic() + 120
-    while not path.exists() and job.poll() is None and time.monotonic() < deadline:
+    while not started.exists() and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.0005)
-    job.send_signal(signal.SIGKILL)  # as soon as the store's folder appears
+    job.send_signal(signal.SIGKILL)  # as soon as the store's root group is there
     job.wait()
-    assert path.exists()
+    assert started.exists(), (job.returncode, log.read_text()[-3000:])
     with pytest.raises(IncompleteStoreError):
         mt.open_tractogram(path)
     options = {"batch_size": BATCH, "resume": True, "progress": False, **OPTIONS}
