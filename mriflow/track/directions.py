@@ -2,7 +2,7 @@
 
 Every getter has :data:`mriflow.track.kernels.GETTER_SIGNATURE`::
 
-    status = getter(field, basis, vertices, point, direction, params, rng_state, scratch)
+    status = getter(field, basis, vertices, point, direction, params, rng_state, scratch, cell)
 
 - ``field`` ``(i, j, k, channel)``: unit peak directions (``peak * 3`` channels, see
   :func:`unit_peaks`) or SH coefficients; ``basis`` ``(n_coefficients,
@@ -35,7 +35,6 @@ from mriflow.track.kernels import (
     GETTER_OK,
     GETTER_SIGNATURE,
     stable_plugin,
-    trilinear_cell,
 )
 from mriflow.track.rng import uniform
 
@@ -98,7 +97,7 @@ def unit_peaks(peaks):
 
 @stable_plugin
 @njit(GETTER_SIGNATURE, nogil=True, cache=True, inline="always")
-def peak_following(field, basis, vertices, point, direction, params, rng_state, scratch):
+def peak_following(field, basis, vertices, point, direction, params, rng_state, scratch, cell):
     """Deterministic peak following (EuDX-like).
 
     ``field`` holds unit peaks, present ones first (:func:`unit_peaks`). In each of the 8
@@ -128,7 +127,6 @@ def peak_following(field, basis, vertices, point, direction, params, rng_state, 
             direction[2] = z
             return GETTER_OK
         return GETTER_NO_DIRECTION
-    cell = trilinear_cell(shape, point)
     if not cell[0]:
         return GETTER_NO_DIRECTION
     cos_max = params[0]
@@ -180,15 +178,14 @@ def peak_following(field, basis, vertices, point, direction, params, rng_state, 
 
 
 @njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def _odf_on_hemisphere(field, basis, point, scratch):
-    """Interpolate SH coefficients at ``point`` into ``scratch[:n_coef]`` and evaluate the
-    ODF (negatives clipped) on the hemisphere into ``scratch[n_coef:]``, in float32:
+def _odf_on_hemisphere(field, basis, cell, scratch):
+    """Interpolate SH coefficients in ``cell`` (``trilinear_cell`` of the point) into
+    ``scratch[:n_coef]`` and evaluate the ODF (negatives clipped) on the hemisphere into
+    ``scratch[n_coef:]``, in float32:
     ``basis`` is ``(n_coef, n_vertices)`` so the product runs along contiguous vertices.
     Returns (status, max value)."""
     n_coef = basis.shape[0]
     n_vertices = basis.shape[1]
-    shape = (field.shape[0], field.shape[1], field.shape[2])
-    cell = trilinear_cell(shape, point)
     if not cell[0]:
         return GETTER_NO_DIRECTION, 0.0
     for c in range(n_coef):
@@ -232,7 +229,7 @@ def _initial_odf_direction(vertices, direction, scratch, n_coef):
 
 @stable_plugin
 @njit(GETTER_SIGNATURE, nogil=True, cache=True, inline="always")
-def max_odf(field, basis, vertices, point, direction, params, rng_state, scratch):
+def max_odf(field, basis, vertices, point, direction, params, rng_state, scratch, cell):
     """Deterministic maximum of the ODF from SH coefficients (dipy's deterministic tracker).
 
     The ODF is evaluated from trilinearly interpolated coefficients; values below
@@ -240,7 +237,7 @@ def max_odf(field, basis, vertices, point, direction, params, rng_state, scratch
     remaining vertex within ``max_angle`` of ``direction``, flipped to continue forward.
     """
     n_coef = field.shape[3]
-    status, top = _odf_on_hemisphere(field, basis, point, scratch)
+    status, top = _odf_on_hemisphere(field, basis, cell, scratch)
     if status != GETTER_OK:
         return status
     if direction[0] == 0.0 and direction[1] == 0.0 and direction[2] == 0.0:
@@ -285,7 +282,7 @@ def _pmf_value(scratch, index, vertices, v, dx, dy, dz, floor, cos_max):
 
 @stable_plugin
 @njit(GETTER_SIGNATURE, nogil=True, cache=True, inline="always")
-def probabilistic_odf(field, basis, vertices, point, direction, params, rng_state, scratch):
+def probabilistic_odf(field, basis, vertices, point, direction, params, rng_state, scratch, cell):
     """Probabilistic direction from SH coefficients (dipy's probabilistic tracker).
 
     The ODF (thresholded at ``pmf_threshold`` times its maximum) restricted to vertices
@@ -294,7 +291,7 @@ def probabilistic_odf(field, basis, vertices, point, direction, params, rng_stat
     ODF maximum, as dipy starts from the seed's peak.
     """
     n_coef = field.shape[3]
-    status, top = _odf_on_hemisphere(field, basis, point, scratch)
+    status, top = _odf_on_hemisphere(field, basis, cell, scratch)
     if status != GETTER_OK:
         return status
     if direction[0] == 0.0 and direction[1] == 0.0 and direction[2] == 0.0:

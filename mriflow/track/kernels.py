@@ -77,8 +77,13 @@ REASON_INVALID = 5
 #: Names of the stop reason codes, by code.
 STOP_REASONS = ("none", "endpoint", "outside", "angle", "max_length", "invalid")
 
-#: ``status = getter(field, basis, vertices, point, direction, params, rng_state, scratch)``.
-#: ``direction`` is read and overwritten; all zeros asks for the seed's initial direction.
+#: ``(inside, i0, j0, k0, i1, j1, k1, fi, fj, fk)`` of :func:`trilinear_cell`.
+_CELL = types.Tuple((types.boolean, *([types.int64] * 6), *([types.float64] * 3)))
+
+#: ``status = getter(field, basis, vertices, point, direction, params, rng_state, scratch,
+#: cell)``. ``direction`` is read and overwritten; all zeros asks for the seed's initial
+#: direction. ``cell`` is :func:`trilinear_cell` of ``point`` on the grid (computed once
+#: per step by the driver and shared with the stopping check).
 GETTER_SIGNATURE = types.int64(
     types.float64[:, :, :, ::1],  # field (i, j, k, channel)
     types.float32[:, ::1],  # basis (coefficients, hemisphere vertices) or empty
@@ -88,12 +93,12 @@ GETTER_SIGNATURE = types.int64(
     types.float64[::1],  # getter params: cos(max_angle), pmf_threshold
     types.uint64[::1],  # rng state
     types.float32[::1],  # scratch
+    _CELL,  # trilinear_cell(grid shape, point)
 )
-#: ``status = stopper(stop_map, point, params)``.
-STOPPER_SIGNATURE = types.int64(types.float64[:, :, ::1], types.float64[::1], types.float64[::1])
-
-#: ``(inside, i0, j0, k0, i1, j1, k1, fi, fj, fk)`` of :func:`trilinear_cell`.
-_CELL = types.Tuple((types.boolean, *([types.int64] * 6), *([types.float64] * 3)))
+#: ``status = stopper(stop_map, point, params, cell)`` (``cell`` as for the getter).
+STOPPER_SIGNATURE = types.int64(
+    types.float64[:, :, ::1], types.float64[::1], types.float64[::1], _CELL
+)
 
 
 @njit(
@@ -254,7 +259,10 @@ def _make_driver(getter: Any, stopper: Any) -> Callable[..., Any]:
         n_seeds = seeds.shape[0]
         lengths = np.zeros(n_seeds, np.int64)
         reasons = np.zeros((n_seeds, 2), np.uint8)
-        capacity = max(1024, n_seeds * 16)
+        # Room for every streamline at full length (bounded): pages never written are
+        # never touched, so the unused room costs address space, not memory; growing and
+        # a trimmed copy would touch fresh pages again.
+        capacity = max(1024, min(n_seeds * (2 * max_points + 1), 1 << 22))
         out = np.empty((capacity, 3), positions_like.dtype)
         n_out = 0
         line = np.empty((2 * max_points + 1, 3))
@@ -268,6 +276,7 @@ def _make_driver(getter: Any, stopper: Any) -> Callable[..., Any]:
         scratch = _borrowed(scratch_owner)
         first_step = np.empty(3)
         centre = max_points
+        grid = (stop_map.shape[0], stop_map.shape[1], stop_map.shape[2])
         for s in range(n_seeds):
             rng_state[0] = rng_key
             rng_state[1] = np.uint64(seed_ids[s])
@@ -276,8 +285,19 @@ def _make_driver(getter: Any, stopper: Any) -> Callable[..., Any]:
                 line[centre, axis] = seeds[s, axis]
                 point[axis] = seeds[s, axis]
                 direction[axis] = 0.0
+            # One interpolation cell per point, shared by the stopping check and the
+            # getter's next call (the grids are the same; checked by the caller).
+            seed_cell = trilinear_cell(grid, point)
             status = getter(
-                field, basis, vertices, point, direction, getter_params, rng_state, scratch
+                field,
+                basis,
+                vertices,
+                point,
+                direction,
+                getter_params,
+                rng_state,
+                scratch,
+                seed_cell,
             )
             if status != GETTER_OK:
                 code = REASON_INVALID if status == GETTER_INVALID else REASON_ANGLE
@@ -299,13 +319,22 @@ def _make_driver(getter: Any, stopper: Any) -> Callable[..., Any]:
                 for axis in range(3):
                     point[axis] = seeds[s, axis]
                     direction[axis] = first_step[axis] * sign
+                cell = seed_cell
                 reason = REASON_MAX_LENGTH
                 taken = 0
                 # Both halves share the length budget: max_points steps in all.
                 budget = max_points if half == 0 else max_points - (last - centre)
                 for n in range(1, budget + 1):
                     status = getter(
-                        field, basis, vertices, point, direction, getter_params, rng_state, scratch
+                        field,
+                        basis,
+                        vertices,
+                        point,
+                        direction,
+                        getter_params,
+                        rng_state,
+                        scratch,
+                        cell,
                     )
                     if status == GETTER_INVALID:
                         reason = REASON_INVALID
@@ -319,7 +348,8 @@ def _make_driver(getter: Any, stopper: Any) -> Callable[..., Any]:
                             first_step[axis] = direction[axis]
                     for axis in range(3):
                         point[axis] += direction[axis] * voxel_steps[axis]
-                    check = stopper(stop_map, point, stopper_params)
+                    cell = trilinear_cell(grid, point)
+                    check = stopper(stop_map, point, stopper_params, cell)
                     if check != STOP_CONTINUE:
                         # The point that failed the check is not kept (as in dipy).
                         if check == STOP_ENDPOINT:
@@ -357,7 +387,7 @@ def _make_driver(getter: Any, stopper: Any) -> Callable[..., Any]:
             n_out += count
         # Keep the owners of the borrowed views alive to the end.
         _keep_alive(point_owner, direction_owner, rng_state_owner, scratch_owner)
-        return out[:n_out].copy(), lengths, reasons
+        return out[:n_out], lengths, reasons
 
     return driver
 

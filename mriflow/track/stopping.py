@@ -2,7 +2,7 @@
 
 Every check has :data:`mriflow.track.kernels.STOPPER_SIGNATURE`::
 
-    status = check(stop_map, point, params)
+    status = check(stop_map, point, params, cell)
 
 returning ``STOP_CONTINUE``, ``STOP_ENDPOINT``, ``STOP_OUTSIDE`` (beyond the image) or
 ``STOP_INVALID`` (NaN in the map). Max angle and min/max length are the driver's own rules.
@@ -27,7 +27,6 @@ from mriflow.track.kernels import (
     STOP_OUTSIDE,
     STOPPER_SIGNATURE,
     stable_plugin,
-    trilinear_cell,
 )
 
 __all__ = [
@@ -42,10 +41,8 @@ __all__ = [
 
 @stable_plugin
 @njit(STOPPER_SIGNATURE, nogil=True, cache=True, inline="always")
-def threshold_check(stop_map, point, params):
+def threshold_check(stop_map, point, params, cell):
     """Continue while the trilinearly interpolated map is above ``params[0]``."""
-    shape = (stop_map.shape[0], stop_map.shape[1], stop_map.shape[2])
-    cell = trilinear_cell(shape, point)
     if not cell[0]:
         return STOP_OUTSIDE
     value = 0.0
@@ -72,7 +69,7 @@ def threshold_check(stop_map, point, params):
 
 @stable_plugin
 @njit(STOPPER_SIGNATURE, nogil=True, cache=True, inline="always")
-def binary_check(stop_map, point, params):
+def binary_check(stop_map, point, params, cell):
     """Continue while the nearest voxel of the mask is non-zero."""
     for axis in range(3):
         if not (point[axis] >= -0.5 and point[axis] < stop_map.shape[axis] - 0.5):
