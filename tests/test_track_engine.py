@@ -15,7 +15,7 @@ import mriflow.track as mt
 from mriflow.errors import TrackingWarning
 from mriflow.track.api import _field_arrays
 from mriflow.track.directions import FIELD_KINDS
-from mriflow.track.kernels import track_seed_range
+from mriflow.track.kernels import REASON_INVALID, track_seed_range
 from mriflow.track.rng import new_rng_state, philox4x32, uniform
 from mriflow.track.sphere import sh_basis_matrix
 from mriflow.track.stopping import threshold_check
@@ -66,10 +66,20 @@ def test_sh_basis_matches_dipy(basis, legacy):
     np.testing.assert_allclose(sh_basis_matrix(vertices, 8, basis, legacy), expected, atol=1e-12)
 
 
-def _engine_inputs(field_name: str, getter: str, n_seeds: int):
+def _broken_peaks():
+    """The fit's raw peaks with NaN in a slab beside the straight bundle (j = 6, i 10-14):
+    streamlines through it end as invalid, those whose cell only touches it with weight
+    0 go on."""
+    raw = fitted()[1].peak_dirs.copy(deep=True)
+    raw[10:15, 6] = np.nan
+    return raw
+
+
+def _engine_inputs(field_name: str, getter: str, n_seeds: int, broken: bool = False):
     phantom, fit, _, _ = fitted()
     stop_map = np.ascontiguousarray(fit.gfa.values, dtype=np.float64)
-    arrays = _field_arrays(fit[field_name], stop_map, FIELD_KINDS[getter], 724)
+    field = _broken_peaks() if broken else fit[field_name]
+    arrays = _field_arrays(field, stop_map, FIELD_KINDS[getter], 724)
     seeds, _ = bundle_seeds(phantom, density=1)
     voxels = mriflow.from_array(stop_map, phantom.affine).mri.world_to_voxel(seeds)
     chosen = np.random.default_rng(0).choice(len(voxels), n_seeds, replace=False)
@@ -77,10 +87,19 @@ def _engine_inputs(field_name: str, getter: str, n_seeds: int):
 
 
 @pytest.mark.parametrize(
-    ("field_name", "getter"), [("peak_dirs", "peak_following"), ("shm_coeff", "max_odf")]
+    ("field_name", "getter", "broken"),
+    [
+        ("peak_dirs", "peak_following", False),
+        ("peak_dirs", "peak_following", True),
+        ("shm_coeff", "max_odf", False),
+    ],
 )
-def test_kernel_equals_pure_python_twin(field_name, getter):
-    phantom, arrays, seeds = _engine_inputs(field_name, getter, 12)
+def test_kernel_equals_pure_python_twin(field_name, getter, broken):
+    phantom, arrays, seeds = _engine_inputs(field_name, getter, 12, broken)
+    if broken:  # every seed of the straight bundle, to cross the NaN slab
+        seeds, labels = bundle_seeds(phantom, density=1)
+        voxels = mriflow.from_array(arrays.stop_map, phantom.affine).mri.world_to_voxel(seeds)
+        seeds = np.ascontiguousarray(voxels[labels == 0])
     step, angle, max_steps, min_points = 0.5, 30.0, 400, 3
     voxel_steps = step / phantom.zooms
     cos_max = math.cos(math.radians(angle))
@@ -103,7 +122,7 @@ def test_kernel_equals_pure_python_twin(field_name, getter):
     )
     if getter == "peak_following":
         # The twin reads the fit's raw peaks and normalises them itself.
-        raw = fitted()[1].peak_dirs
+        raw = _broken_peaks() if broken else fitted()[1].peak_dirs
         peaks = np.asarray(raw.transpose(*raw.mri.spatial_dims, "peak", "xyz"), dtype=np.float64)
 
         def next_direction(point, direction):
@@ -133,6 +152,9 @@ def test_kernel_equals_pure_python_twin(field_name, getter):
         long_ones += len(line) > 40
     assert offset == len(points)
     assert long_ones >= 8
+    if broken:
+        ended_invalid = (reasons == REASON_INVALID).any(axis=1)
+        assert 0 < ended_invalid.sum() < len(seeds), ended_invalid.sum()
 
 
 def _probabilistic(**kwargs):

@@ -127,40 +127,51 @@ def peak_following(field, basis, vertices, point, direction, params, rng_state, 
             direction[2] = z
             return GETTER_OK
         return GETTER_NO_DIRECTION
-    if not cell[0]:
+    if not cell[0] or n_peaks == 0:
         return GETTER_NO_DIRECTION
     cos_max = params[0]
     sum_x = 0.0
     sum_y = 0.0
     sum_z = 0.0
     invalid = False
-    # Branch-free selection (the comparisons become selects): a zero-weight corner adds
-    # exact zeros, a zero peak (cosine 0) is never within max_angle (cos_max > 0), so the
-    # result is that of skipping both.
+    # Selection without data-dependent branches, which were mispredicted at most corners
+    # (a third of the step's time): the loop keeps only the index of the closest peak and
+    # its |cosine| (a max), and that peak is read again after it. A zero-weight corner
+    # adds exact zeros; a zero (absent) peak has cosine 0, so it is never within
+    # max_angle (cos_max > 0) nor closer than a present one: reading the first two
+    # unconditionally gives the result of stopping at the first absent one, as the loop
+    # does from the third on. Unsigned indices spare every read the negative-index fix-up.
     for corner in range(8):
         i, j, k, weight = _corner_jit(cell, corner)
+        iu = np.uint64(i)
+        ju = np.uint64(j)
+        ku = np.uint64(k)
         best = -1.0
-        signed = 0.0
-        best_x = 0.0
-        best_y = 0.0
-        best_z = 0.0
+        chosen = np.uint64(0)
         corner_nan = False
         for p in range(n_peaks):
-            x = field[i, j, k, 3 * p]
-            y = field[i, j, k, 3 * p + 1]
-            z = field[i, j, k, 3 * p + 2]
-            if x == 0.0 and y == 0.0 and z == 0.0:
+            first = np.uint64(3 * p)
+            x = field[iu, ju, ku, first]
+            y = field[iu, ju, ku, first + np.uint64(1)]
+            z = field[iu, ju, ku, first + np.uint64(2)]
+            if p >= 2 and x == 0.0 and y == 0.0 and z == 0.0:
                 break  # the absent peaks come last
             cosine = x * dx + y * dy + z * dz
             corner_nan |= math.isnan(cosine)
             size = abs(cosine)
             closer = size > best
-            best = size if closer else best
-            signed = cosine if closer else signed
-            best_x = x if closer else best_x
-            best_y = y if closer else best_y
-            best_z = z if closer else best_z
+            chosen = first if closer else chosen  # an index, not a branch
+            best = size if closer else best  # maxsd
+        # The chosen peak, read again (from L1) at its index.
+        best_x = field[iu, ju, ku, chosen]
+        best_y = field[iu, ju, ku, chosen + np.uint64(1)]
+        best_z = field[iu, ju, ku, chosen + np.uint64(2)]
+        signed = best_x * dx + best_y * dy + best_z * dz
         invalid |= corner_nan and weight > 0.0
+        # A NaN corner (weight 0, or the step is invalid anyway) adds nothing.
+        best_x = 0.0 if corner_nan else best_x
+        best_y = 0.0 if corner_nan else best_y
+        best_z = 0.0 if corner_nan else best_z
         used = weight if best >= cos_max else 0.0
         used = -used if signed < 0.0 else used
         sum_x += used * best_x
