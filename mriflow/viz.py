@@ -207,55 +207,83 @@ def view(image: xr.DataArray, *, percentiles: tuple[float, float] = (1.0, 99.5))
     return widgets.interactive(show, **sliders)
 
 
+def _direction_density(
+    samples: np.ndarray, colours: np.ndarray, h: int, v: int, pixel: float
+) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """A directionally coloured track-density projection onto axes ``(h, v)``: each pixel
+    is the mean colour of the samples falling in it, scaled by the log of their count.
+    Returns the RGB image (rows along ``v``) and its extent in mm."""
+    low = samples[:, [h, v]].min(axis=0) - pixel
+    high = samples[:, [h, v]].max(axis=0) + pixel
+    shape = np.maximum(np.ceil((high - low) / pixel).astype(np.int64), 1)
+    cells = np.floor((samples[:, [h, v]] - low) / pixel).astype(np.int64)
+    cells = np.minimum(cells, shape - 1)
+    flat = cells[:, 1] * shape[0] + cells[:, 0]
+    size = int(shape[0] * shape[1])
+    count = np.bincount(flat, minlength=size).astype(np.float64)
+    rgb = np.stack(
+        [np.bincount(flat, weights=colours[:, c], minlength=size) for c in range(3)], axis=1
+    )
+    mean = rgb / np.maximum(count, 1.0)[:, None]
+    brightness = np.log1p(count) / max(float(np.log1p(count.max())), 1e-12)
+    image = np.clip(mean * brightness[:, None], 0.0, 1.0)
+    extent = (float(low[0]), float(high[0]), float(low[1]), float(high[1]))
+    return image.reshape(int(shape[1]), int(shape[0]), 3), extent
+
+
 def streamlines_png(
     positions: np.ndarray,
     offsets: np.ndarray,
     output_path: str | os.PathLike[str],
     *,
     title: str = "streamlines",
-    max_streamlines: int = 5000,
-    seed: int = 0,
+    pixel_mm: float = 0.5,
+    max_pixels: int = 1000,
 ) -> Path:
-    """Three projections (sagittal, coronal, axial) of streamlines in RAS mm, each segment
-    coloured by its direction (red L-R, green A-P, blue S-I). Draws at most
-    ``max_streamlines``, picked at random with ``seed``."""
+    """Three projections (sagittal, coronal, axial) of every streamline in RAS mm, as
+    directionally coloured track-density images: a pixel's colour is the mean direction of
+    the streamline segments through it (red L-R, green A-P, blue S-I), its brightness the
+    log of how many pass. ``pixel_mm`` is the pixel size, enlarged so that no side exceeds
+    ``max_pixels``.
+
+    Rasterised with numpy (segment midpoints and start points binned per pixel), so the
+    cost grows with the number of points, not with the number of segments drawn: about a
+    second for a million points, where drawing the segments as lines took ~10 s for 5,000
+    streamlines.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    from matplotlib.collections import LineCollection
 
-    positions = np.asarray(positions, dtype=np.float64)
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
     offsets = np.asarray(offsets, dtype=np.int64)
     count = len(offsets) - 1
-    chosen = np.arange(count)
-    if count > max_streamlines:
-        chosen = np.sort(np.random.default_rng(seed).choice(count, max_streamlines, replace=False))
-    segments, colours = [], []
-    for n in chosen:
-        points = positions[offsets[n] : offsets[n + 1]]
-        if len(points) < 2:
-            continue
-        steps = np.diff(points, axis=0)
-        lengths = np.linalg.norm(steps, axis=1, keepdims=True)
-        colours.append(np.abs(steps) / np.maximum(lengths, 1e-9))
-        segments.append(np.stack([points[:-1], points[1:]], axis=1))
+    # Segments between consecutive points of the same streamline.
+    inside = np.ones(max(len(positions) - 1, 0), bool)
+    ends = offsets[1:-1] - 1
+    inside[ends[(ends >= 0) & (ends < len(inside))]] = False
+    starts = positions[:-1][inside]
+    steps = np.diff(positions, axis=0)[inside]
+    lengths = np.linalg.norm(steps, axis=1, keepdims=True)
+    colour = np.abs(steps) / np.maximum(lengths, 1e-9)
+    samples = np.concatenate([starts, starts + steps / 2])
+    colours = np.concatenate([colour, colour])
     figure, axes = plt.subplots(1, 3, figsize=(12, 4.4), layout="constrained")
     views = {"sagittal": (1, 2), "coronal": (0, 2), "axial": (0, 1)}
     names = "RAS"
-    if segments:
-        lines = np.concatenate(segments)
-        rgb = np.clip(np.concatenate(colours), 0, 1)
-        for ax, (name, (h, v)) in zip(axes, views.items(), strict=True):
-            planar = list(lines[:, :, [h, v]])
-            ax.add_collection(LineCollection(planar, colors=rgb, linewidths=0.4))
-            ax.autoscale()
+    for ax, (name, (h, v)) in zip(axes, views.items(), strict=True):
+        ax.set_facecolor("black")
+        ax.set_title(name)
+        ax.set_xlabel(f"{names[h]} (mm)")
+        ax.set_ylabel(f"{names[v]} (mm)")
+        if len(samples):
+            span = float(np.ptp(samples[:, [h, v]], axis=0).max())
+            pixel = max(float(pixel_mm), span / max(int(max_pixels), 1))
+            image, extent = _direction_density(samples, colours, h, v, pixel)
+            ax.imshow(image, origin="lower", extent=extent, interpolation="nearest")
             ax.set_aspect("equal")
-            ax.set_facecolor("black")
-            ax.set_title(name)
-            ax.set_xlabel(f"{names[h]} (mm)")
-            ax.set_ylabel(f"{names[v]} (mm)")
-    figure.suptitle(f"{title}: {count} streamlines ({len(chosen)} drawn)")
+    figure.suptitle(f"{title}: {count} streamlines")
     path = Path(output_path)
     figure.savefig(path, dpi=100)
     plt.close(figure)

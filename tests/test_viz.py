@@ -59,3 +59,36 @@ def test_viewer_builds_sliders_for_every_dim():
     widget = image.mri.view()
     names = {child.description for child in widget.children if hasattr(child, "max")}
     assert names == {"k", "t"}
+
+
+def test_streamline_picture_is_a_direction_coloured_density(tmp_path):
+    from mriflow.viz import _direction_density, streamlines_png
+
+    # 10 streamlines along x (L-R) at y = 0, z = 0 and 30 along z (S-I) at x = 20, y = 5.
+    along_x = [np.column_stack([np.arange(-10, 10.5, 0.5), np.zeros(41), np.zeros(41)])] * 10
+    along_z = [np.column_stack([np.full(41, 20.0), np.full(41, 5.0), np.arange(-10, 10.5, 0.5)])]
+    lines = along_x + along_z * 30
+    positions = np.concatenate(lines)
+    offsets = np.concatenate([[0], np.cumsum([len(line) for line in lines])])
+    starts, ends = positions[:-1], positions[1:]
+    inside = np.ones(len(starts), bool)
+    inside[offsets[1:-1] - 1] = False
+    steps = (ends - starts)[inside]
+    colours = np.abs(steps) / np.linalg.norm(steps, axis=1, keepdims=True)
+    image, extent = _direction_density(starts[inside], colours, 0, 2, 1.0)  # coronal: x, z
+    x0, _, z0, _ = extent
+
+    def pixel(x, z):
+        return image[int((z - z0) // 1.0), int((x - x0) // 1.0)]
+
+    np.testing.assert_allclose(pixel(0.2, 0.2)[[1, 2]], 0)  # the x bundle: pure red
+    assert pixel(0.2, 0.2)[0] > 0
+    np.testing.assert_allclose(pixel(20.2, 0.2)[[0, 1]], 0)  # the z bundle: pure blue
+    assert pixel(20.2, 0.2)[2] > pixel(0.2, 0.2)[0]  # 30 streamlines brighter than 10
+    np.testing.assert_array_equal(pixel(10.2, 5.2), 0)  # no streamline: black
+    out = streamlines_png(positions, offsets, tmp_path / "lines.png", title="two bundles")
+    picture = np.asarray(Image.open(out).convert("RGB"))
+    assert picture.shape[0] > 300
+    assert picture.shape[1] > 900
+    assert (picture[..., 0] > 200).any()
+    assert (picture[..., 2] > 200).any()
