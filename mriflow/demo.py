@@ -9,11 +9,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from mriflow.progress import ProgressFactory, no_progress
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 __all__ = ["run_demo"]
 
@@ -61,7 +64,7 @@ def run_demo(
     from mriflow import fit
     from mriflow.cluster import get_client
     from mriflow.data import write_dwi_phantom
-    from mriflow.io import open_image, to_zarr
+    from mriflow.io import open_image, open_zarr, to_zarr
 
     out = Path(out_dir)
     stages: dict[str, float] = {}
@@ -86,13 +89,16 @@ def run_demo(
         tensor = fit.dti(dwi, mask=mask)
         store = out / "fits.zarr"
         with progress("dti"):
+            to_zarr(tensor[["fa", "md", "evecs", "rgb"]], store, group="dti", overwrite=True)
+            # Fitted once: later stages read the store instead of fitting again.
+            tensor = cast("xr.Dataset", open_zarr(store, group="dti"))
             files["fa"] = tensor["fa"].mri.reorient("RAS").mri.to_nifti(out / "fa_RAS.nii.gz")
-            to_zarr(tensor[["fa", "md", "evecs"]], store, group="dti", overwrite=True)
         lap("dti")
         with progress("csd + peaks"):
             response = fit.auto_response(dwi)
             odf = fit.csd(dwi, response=response, mask=mask)
             to_zarr(odf, store, group="csd", overwrite=True)
+            odf = cast("xr.Dataset", open_zarr(store, group="csd"))
             found = fit.peaks(odf, relative_peak_threshold=0.5, min_separation_angle=25)
             to_zarr(found, store, group="peaks", overwrite=True)
         files["fits"] = store
