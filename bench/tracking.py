@@ -148,6 +148,8 @@ def child(side: str, case: str, fields: Path, n_seeds: int) -> None:
                 max_length=MAX_LENGTH,
                 rng=1,
                 n_threads=2,
+                # eudx_tracking's rule (min_total_weight=0.5): the same algorithm both sides.
+                min_total_weight=0.5 if case == "peaks" else 0.0,
             )
             return len(result), len(result.positions)
     else:

@@ -413,6 +413,10 @@ def track(
     max_angle: Annotated[float, typer.Option(help="Largest turn per step, degrees.")] = 30.0,
     min_length: Annotated[float, typer.Option(help="Drop shorter streamlines (mm).")] = 10.0,
     max_length: Annotated[float, typer.Option(help="Cut longer streamlines (mm).")] = 250.0,
+    min_total_weight: Annotated[
+        float,
+        typer.Option(help="Peak following: share of corner weight that must agree (EuDX 0.5)."),
+    ] = 0.0,
     rng: Annotated[int, typer.Option(help="Key of the per-seed random streams.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Seeds per task.")] = 5000,
     workers: Annotated[int | None, typer.Option(help="Workers of the local cluster.")] = None,
@@ -458,6 +462,7 @@ def track(
             max_angle=max_angle,
             min_length=min_length,
             max_length=max_length,
+            min_total_weight=min_total_weight,
             rng=rng,
             batch_size=batch_size,
             client=client,

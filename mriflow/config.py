@@ -147,6 +147,9 @@ class TrackingConfig(_Section):
     max_angle: float = Field(30.0, gt=0, le=90, description="degrees")
     min_length: float = Field(10.0, ge=0, description="mm")
     max_length: float = Field(250.0, gt=0, description="mm")
+    min_total_weight: float = Field(
+        0.0, ge=0, le=1, description="deterministic peaks: 0.5 is dipy's EuDX rule"
+    )
     rng: int = 0
 
 

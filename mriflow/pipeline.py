@@ -282,6 +282,7 @@ def _tracking(
         max_angle=settings.max_angle,
         min_length=settings.min_length,
         max_length=settings.max_length,
+        min_total_weight=settings.min_total_weight,
         rng=settings.rng,
     )
     path = out_dir / "tracts.trk"

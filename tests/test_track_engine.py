@@ -87,14 +87,15 @@ def _engine_inputs(field_name: str, getter: str, n_seeds: int, broken: bool = Fa
 
 
 @pytest.mark.parametrize(
-    ("field_name", "getter", "broken"),
+    ("field_name", "getter", "broken", "min_total_weight"),
     [
-        ("peak_dirs", "peak_following", False),
-        ("peak_dirs", "peak_following", True),
-        ("shm_coeff", "max_odf", False),
+        ("peak_dirs", "peak_following", False, 0.0),
+        ("peak_dirs", "peak_following", False, 0.5),
+        ("peak_dirs", "peak_following", True, 0.0),
+        ("shm_coeff", "max_odf", False, 0.0),
     ],
 )
-def test_kernel_equals_pure_python_twin(field_name, getter, broken):
+def test_kernel_equals_pure_python_twin(field_name, getter, broken, min_total_weight):
     phantom, arrays, seeds = _engine_inputs(field_name, getter, 12, broken)
     if broken:  # every seed of the straight bundle, to cross the NaN slab
         seeds, labels = bundle_seeds(phantom, density=1)
@@ -113,7 +114,7 @@ def test_kernel_equals_pure_python_twin(field_name, getter, broken):
         seeds,
         np.arange(len(seeds), dtype=np.int64),
         voxel_steps,
-        np.array([cos_max, 0.1]),
+        np.array([cos_max, 0.1, min_total_weight]),
         np.array([GFA_THRESHOLD]),
         max_steps,
         min_points,
@@ -126,7 +127,7 @@ def test_kernel_equals_pure_python_twin(field_name, getter, broken):
         peaks = np.asarray(raw.transpose(*raw.mri.spatial_dims, "peak", "xyz"), dtype=np.float64)
 
         def next_direction(point, direction):
-            return naive.peak_direction(peaks, point, direction, cos_max)
+            return naive.peak_direction(peaks, point, direction, cos_max, min_total_weight)
     else:
 
         def next_direction(point, direction):
@@ -306,7 +307,7 @@ def test_kernel_maps_points_through_the_affine_into_float32():
         seeds,
         np.arange(len(seeds), dtype=np.int64),
         np.array([0.25, 0.25, 0.25]),
-        np.array([math.cos(math.radians(30)), 0.1]),
+        np.array([math.cos(math.radians(30)), 0.1, 0.0]),
         np.array([GFA_THRESHOLD]),
         200,
         3,

@@ -143,6 +143,9 @@ def test_bad_numbers_and_methods():
         mt.track(fit.peak_dirs, stop, seeds[:20], step_size=2.1)
     with pytest.raises(TrackingInputError, match=r"^max_angle"):
         mt.track(fit.peak_dirs, stop, seeds, max_angle=0)
+    for weight in (-0.1, 1.5, float("nan")):
+        with pytest.raises(TrackingInputError, match=r"^min_total_weight: must be in \[0, 1\]"):
+            mt.track(fit.peak_dirs, stop, seeds, min_total_weight=weight)
     with pytest.raises(TrackingInputError, match=r"^method"):
         mt.track(fit, stop, seeds, method="magic")
     with pytest.raises(TrackingInputError, match=r"^fields: probabilistic .* SH"):

@@ -56,7 +56,11 @@ def test_streamlines_stay_in_their_bundle(method, field):
 
 def _dipy_run(kind: str, seeds: np.ndarray, directions: np.ndarray):
     from dipy.tracking.stopping_criterion import ThresholdStoppingCriterion
-    from dipy.tracking.tracker import deterministic_tracking, probabilistic_tracking
+    from dipy.tracking.tracker import (
+        deterministic_tracking,
+        eudx_tracking,
+        probabilistic_tracking,
+    )
 
     phantom, _, peaks, sphere = fitted()
     criterion = ThresholdStoppingCriterion(peaks.gfa, GFA_THRESHOLD)
@@ -74,6 +78,8 @@ def _dipy_run(kind: str, seeds: np.ndarray, directions: np.ndarray):
         # Peak following from precomputed peaks: dipy's deterministic tracker on a
         # PeaksAndMetrics (its EuDX variant gives up early on most streamlines).
         "peak_dirs": (deterministic_tracking, {"pam": peaks}),
+        # dipy's EuDX: the same, plus a step needs corners worth half the trilinear weight.
+        "eudx": (eudx_tracking, {"pam": peaks}),
         "deterministic": (deterministic_tracking, {"sh": peaks.shm_coeff}),
         "probabilistic": (probabilistic_tracking, {"sh": peaks.shm_coeff}),
     }
@@ -101,6 +107,7 @@ def _lengths(streamlines) -> np.ndarray:
     ("kind", "method", "field"),
     [
         ("peak_dirs", "deterministic", "peak_dirs"),
+        ("eudx", "deterministic", "peak_dirs"),
         ("deterministic", "deterministic", "shm_coeff"),
         ("probabilistic", "probabilistic", "shm_coeff"),
     ],
@@ -119,6 +126,7 @@ def test_matches_dipy_trackers(kind, method, field):
         max_angle=ANGLE,
         min_length=10,
         max_length=250,
+        min_total_weight=0.5 if kind == "eudx" else 0.0,
         rng=7,
     )
     valid = ours.select(ours.valid)

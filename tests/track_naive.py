@@ -54,7 +54,7 @@ def unit_peak(peak):
     return [v / norm for v in peak]
 
 
-def peak_direction(peaks, point, direction, cos_max):
+def peak_direction(peaks, point, direction, cos_max, min_total_weight=0.0):
     """Next direction by peak following from raw stored peaks, or an int failure code."""
     shape = peaks.shape[:3]
     if direction is None:
@@ -72,6 +72,7 @@ def peak_direction(peaks, point, direction, cos_max):
     if corners is None:
         return ANGLE
     total = [0.0, 0.0, 0.0]
+    kept_weight = 0.0
     for idx, weight in corners:
         if weight <= 0:
             continue
@@ -89,8 +90,9 @@ def peak_direction(peaks, point, direction, cos_max):
                 best_vec = [sign * v for v in unit]
         if best >= cos_max:
             total = [t + weight * v for t, v in zip(total, best_vec, strict=True)]
+            kept_weight += weight
     norm = math.sqrt(sum(t * t for t in total))
-    if norm == 0:
+    if norm == 0 or kept_weight < min_total_weight:
         return ANGLE
     return [t / norm for t in total]
 

@@ -75,6 +75,7 @@ class TrackingParams:
     pmf_threshold: float = 0.1
     min_length: float = 10.0
     max_length: float = 250.0
+    min_total_weight: float = 0.0
     rng: int = 0
     n_threads: int = 0
     batch_size: int = 256
@@ -94,7 +95,8 @@ def _run_range(
     fields: FieldArrays, seeds: np.ndarray, ids: np.ndarray, params: TrackingParams
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     getter_params = np.array(
-        [math.cos(math.radians(params.max_angle)), params.pmf_threshold], dtype=np.float64
+        [math.cos(math.radians(params.max_angle)), params.pmf_threshold, params.min_total_weight],
+        dtype=np.float64,
     )
     return track_seed_range(
         direction_getter(params.direction_getter),
@@ -344,6 +346,7 @@ def _check_numbers(
     pmf_threshold: float,
     min_length: float,
     max_length: float,
+    min_total_weight: float = 0.0,
 ) -> None:
     if not (math.isfinite(step_size) and step_size > 0):
         raise TrackingInputError(f"step_size: must be a positive number of mm, got {step_size}")
@@ -358,6 +361,11 @@ def _check_numbers(
         raise TrackingInputError(f"max_angle: must be in (0, 90] degrees, got {max_angle}")
     if not (0 <= pmf_threshold < 1):
         raise TrackingInputError(f"pmf_threshold: must be in [0, 1), got {pmf_threshold}")
+    if not (0 <= min_total_weight <= 1):
+        raise TrackingInputError(
+            f"min_total_weight: must be in [0, 1] (a share of the trilinear weight), got "
+            f"{min_total_weight}"
+        )
     if not (0 <= min_length < max_length and math.isfinite(max_length)):
         raise TrackingInputError(
             f"min_length/max_length: need 0 <= min_length < max_length (finite), got "
@@ -447,6 +455,7 @@ def plan_tracking(
     pmf_threshold: float = 0.1,
     min_length: float = 10.0,
     max_length: float = 250.0,
+    min_total_weight: float = 0.0,
     sphere: str | int = "repulsion724",
     rng: int | None = 0,
     seed_ids: Any = None,
@@ -463,7 +472,9 @@ def plan_tracking(
     stop_map = _check_grids(field, stopping)
     affine = field.mri.affine
     voxel_size = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    _check_numbers(step_size, voxel_size, max_angle, pmf_threshold, min_length, max_length)
+    _check_numbers(
+        step_size, voxel_size, max_angle, pmf_threshold, min_length, max_length, min_total_weight
+    )
     if rng is None:
         rng = int(np.random.default_rng().integers(0, 2**63 - 1))
     if int(rng) < 0:
@@ -480,6 +491,7 @@ def plan_tracking(
         affine=tuple(tuple(float(v) for v in row) for row in affine),
         max_angle=float(max_angle),
         pmf_threshold=float(pmf_threshold),
+        min_total_weight=float(min_total_weight),
         min_length=float(min_length),
         max_length=float(max_length),
         rng=int(rng),
@@ -501,6 +513,7 @@ def track(
     pmf_threshold: float = 0.1,
     min_length: float = 10.0,
     max_length: float = 250.0,
+    min_total_weight: float = 0.0,
     sphere: str | int = "repulsion724",
     rng: int | None = 0,
     seed_ids: Any = None,
@@ -515,7 +528,11 @@ def track(
     ``stopping``: :func:`ThresholdStopping` or :func:`BinaryStopping` on the fields' grid.
     Each seed grows both ways in ``step_size`` mm steps, turning at most ``max_angle``
     degrees per step; streamlines shorter than ``min_length`` mm are dropped, longer ones
-    cut at ``max_length`` mm. ``rng``: key of the per-seed random streams (same key, same
+    cut at ``max_length`` mm. ``min_total_weight`` (peak following only): a step also
+    needs corners carrying at least this share of the trilinear weight to hold a peak
+    within ``max_angle``; 0.5 is dipy's EuDX (``eudx_tracking``), 0 (default) follows
+    as long as any corner does, like dipy's ``deterministic_tracking`` on peaks.
+    ``rng``: key of the per-seed random streams (same key, same
     tractogram, whatever the threads). ``seed_ids``: global ids (default ``0..n-1``).
     """
     return plan_tracking(
@@ -529,6 +546,7 @@ def track(
         pmf_threshold=pmf_threshold,
         min_length=min_length,
         max_length=max_length,
+        min_total_weight=min_total_weight,
         sphere=sphere,
         rng=rng,
         seed_ids=seed_ids,
@@ -560,7 +578,7 @@ def seed_directions(
     inverse = np.linalg.inv(affine)
     voxels = world @ inverse[:3, :3].T + inverse[:3, 3]
     getter = direction_getter_function(getter_name)
-    params = np.array([1.0, 0.0])
+    params = np.array([1.0, 0.0, 0.0])
     state = np.zeros(3, np.uint64)
     scratch = np.empty(arrays.field.shape[3] + arrays.basis.shape[1] + 8, np.float32)
     out = np.full((len(world), 3), np.nan)

@@ -11,7 +11,7 @@ Every getter has :data:`mriflow.track.kernels.GETTER_SIGNATURE`::
 - ``point``: voxel indices; ``direction`` (unit, voxel frame, mm): the previous step's
   direction on input, replaced by the next one; all zeros asks for the initial direction
   at a seed (the strongest fibre there);
-- ``params``: ``[cos(max_angle), pmf_threshold]``; ``rng_state``: the streamline's
+- ``params``: ``[cos(max_angle), pmf_threshold, min_total_weight]``; ``rng_state``: the streamline's
   counter-based stream (:mod:`mriflow.track.rng`); ``scratch``: float32 workspace of at
   least ``n_coefficients + n_hemisphere_vertices`` values;
 - returns ``GETTER_OK``, ``GETTER_NO_DIRECTION`` (nothing within ``max_angle`` or above the
@@ -103,7 +103,9 @@ def peak_following(field, basis, vertices, point, direction, params, rng_state, 
     ``field`` holds unit peaks, present ones first (:func:`unit_peaks`). In each of the 8
     voxels around ``point`` take the peak closest to ``direction`` (either sign); keep it
     if within ``max_angle``; the next direction is the trilinear-weighted sum of the kept
-    peaks, normalised. At a seed: the first non-zero peak of the nearest voxel.
+    peaks, normalised, unless the kept corners' weights sum below ``params[2]`` (EuDX's
+    total weight: 0.5 in dipy's ``eudx_tracking``). At a seed: the first non-zero peak of
+    the nearest voxel.
     """
     n_peaks = field.shape[3] // 3
     shape = (field.shape[0], field.shape[1], field.shape[2])
@@ -133,6 +135,7 @@ def peak_following(field, basis, vertices, point, direction, params, rng_state, 
     sum_x = 0.0
     sum_y = 0.0
     sum_z = 0.0
+    total = 0.0  # trilinear weight of the corners with a peak within max_angle
     invalid = False
     # Selection without data-dependent branches, which were mispredicted at most corners
     # (a third of the step's time): the loop keeps only the index of the closest peak and
@@ -173,6 +176,7 @@ def peak_following(field, basis, vertices, point, direction, params, rng_state, 
         best_y = 0.0 if corner_nan else best_y
         best_z = 0.0 if corner_nan else best_z
         used = weight if best >= cos_max else 0.0
+        total += used
         used = -used if signed < 0.0 else used
         sum_x += used * best_x
         sum_y += used * best_y
@@ -180,7 +184,7 @@ def peak_following(field, basis, vertices, point, direction, params, rng_state, 
     if invalid:
         return GETTER_INVALID
     norm = math.sqrt(sum_x * sum_x + sum_y * sum_y + sum_z * sum_z)
-    if norm == 0.0:
+    if norm == 0.0 or total < params[2]:
         return GETTER_NO_DIRECTION
     direction[0] = sum_x / norm
     direction[1] = sum_y / norm

@@ -90,7 +90,7 @@ GETTER_SIGNATURE = types.int64(
     types.float64[:, ::1],  # hemisphere vertices (voxel frame) or empty
     types.float64[::1],  # point (voxel indices)
     types.float64[::1],  # direction (in/out)
-    types.float64[::1],  # getter params: cos(max_angle), pmf_threshold
+    types.float64[::1],  # getter params: cos(max_angle), pmf_threshold, min_total_weight
     types.uint64[::1],  # rng state
     types.float32[::1],  # scratch
     _CELL,  # trilinear_cell(grid shape, point)
