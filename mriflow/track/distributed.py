@@ -38,7 +38,13 @@ from distributed import WorkerPlugin
 from mriflow.cluster import current_client
 from mriflow.errors import StoreWriteError, TrackingInputError, TractogramStoreError
 from mriflow.io.zarr._store import resolve_store
-from mriflow.track.api import FieldArrays, TrackingParams, plan_tracking, track_batch
+from mriflow.track.api import (
+    FieldArrays,
+    TrackingParams,
+    _opened_from_zarr,
+    plan_tracking,
+    track_batch,
+)
 from mriflow.track.stopping import StoppingCriterion
 from mriflow.track.store import (
     EarlyConsolidation,
@@ -236,14 +242,6 @@ class FieldRecipe:
         return job.fields
 
 
-#: Dask layers that only read a zarr store and index, reorder or convert what it holds:
-#: recomputing them on a worker costs a read, never a fit.
-_READING_LAYERS = frozenset(
-    {"original-from-zarr", "from-zarr", "transpose", "getitem", "astype", "rechunk-merge",
-     "rechunk-split", "apply"}  # "apply": open_zarr's scl_slope/scl_inter scaling
-)  # fmt: skip
-
-
 #: Where the client leaves a copy of the engine arrays for workers to open, inside the
 #: tracking store's scratch area (removed with the batch files).
 FIELDS_COPY = "batches/fields"
@@ -298,21 +296,6 @@ def write_fields_copy(
                 np.save(stream, values, allow_pickle=False)
     shapes = {name: tuple(getattr(fields, name).shape) for name in _FIELD_NAMES}
     return StoredFields(where, storage_options, shapes)
-
-
-def _opened_from_zarr(value: Any) -> bool:
-    """Whether every array of ``value`` (DataArray or Dataset) is a dask array that reads a
-    zarr store (e.g. :func:`mriflow.open_zarr`) and does nothing heavier."""
-    import dask.array as da
-
-    variables = list(value.data_vars.values()) if isinstance(value, xr.Dataset) else [value]
-    for variable in variables:
-        if not isinstance(variable.data, da.Array):
-            return False
-        kinds = {str(name).rsplit("-", 1)[0] for name in variable.data.dask.layers}
-        if "from-zarr" not in kinds or not kinds <= _READING_LAYERS:
-            return False
-    return bool(variables)
 
 
 def _field_source(
