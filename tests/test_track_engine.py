@@ -12,7 +12,7 @@ from track_phantom import GFA_THRESHOLD, bundle_seeds, fitted
 
 import mriflow
 import mriflow.track as mt
-from mriflow.errors import TrackingWarning
+from mriflow.errors import TrackingInputError, TrackingWarning
 from mriflow.track.api import _field_arrays
 from mriflow.track.directions import FIELD_KINDS
 from mriflow.track.kernels import REASON_INVALID, track_seed_range
@@ -322,3 +322,25 @@ def test_kernel_maps_points_through_the_affine_into_float32():
     np.testing.assert_array_equal(world_reasons, reasons)
     expected = voxels @ affine[:3, :3].T + affine[:3, 3]
     np.testing.assert_allclose(world, expected, rtol=1e-6, atol=1e-5)
+
+
+def test_kernel_refuses_a_stopping_map_on_another_grid():
+    _, arrays, seeds = _engine_inputs("peak_dirs", "peak_following", 2)
+    with pytest.raises(TrackingInputError, match=r"^stop_map: grid"):
+        track_seed_range(
+            mt.direction_getter("peak_following"),
+            threshold_check,
+            arrays.field,
+            arrays.basis,
+            arrays.vertices,
+            np.ascontiguousarray(arrays.stop_map[:-1]),
+            seeds,
+            np.arange(len(seeds), dtype=np.int64),
+            np.array([0.25, 0.25, 0.25]),
+            np.array([0.9, 0.1, 0.0]),
+            np.array([GFA_THRESHOLD]),
+            20,
+            3,
+            np.uint64(0),
+            arrays.field.shape[3] + 8,
+        )

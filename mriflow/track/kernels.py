@@ -31,6 +31,7 @@ from numba.core import cgutils
 from numba.core.dispatcher import Dispatcher
 from numba.extending import intrinsic
 
+from mriflow.errors import TrackingInputError
 from mriflow.track.rng import RNG_STATE_SIZE
 
 __all__ = [
@@ -434,6 +435,12 @@ def track_seed_range(
     Points come out mapped by ``affine`` (voxel to world, 4 x 4 or 3 x 4; default: voxel
     indices) as ``dtype`` (float32 for the RAS mm positions of a tractogram).
     """
+    if tuple(field.shape[:3]) != tuple(stop_map.shape):
+        # The driver indexes both with one interpolation cell per step.
+        raise TrackingInputError(
+            f"stop_map: grid {tuple(stop_map.shape)} differs from the field's "
+            f"{tuple(field.shape[:3])}"
+        )
     if affine is None:
         affine = np.eye(4)
     affine = np.ascontiguousarray(np.asarray(affine, dtype=np.float64)[:3, :4])
