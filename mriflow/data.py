@@ -419,6 +419,18 @@ def _save_nifti(
 _PERFUSION_AFFINE = np.diag([2.0, 2.0, 3.0, 1.0])
 
 
+def _save_truths(
+    out: Path, truth: dict[str, np.ndarray], shape: tuple[int, ...]
+) -> dict[str, Path]:
+    """The true maps of a perfusion phantom as ``truth_<name>.nii.gz``, by ``truth_<name>``."""
+    return {
+        f"truth_{name}": _save_nifti(
+            out / f"truth_{name}.nii.gz", values.reshape(shape), _PERFUSION_AFFINE
+        )
+        for name, values in truth.items()
+    }
+
+
 def write_ivim_phantom(
     out_dir: str | Path,
     *,
@@ -461,10 +473,7 @@ def write_ivim_phantom(
     paths["mask"] = _save_nifti(
         out / "sub-01_mask.nii.gz", np.ones(shape), _PERFUSION_AFFINE, label=True
     )
-    for name, values in truth.items():
-        paths[f"truth_{name}"] = _save_nifti(
-            out / f"truth_{name}.nii.gz", values.reshape(shape), _PERFUSION_AFFINE
-        )
+    paths.update(_save_truths(out, truth, shape))
     return paths
 
 
@@ -519,10 +528,7 @@ def write_dsc_phantom(
         "mask": _save_nifti(out / "sub-01_mask.nii.gz", ~vessel, _PERFUSION_AFFINE, label=True),
     }
     truth = {"rcbv": flow * mtt, "cbf": 6000 * flow, "mtt": mtt}
-    for name, values in truth.items():
-        paths[f"truth_{name}"] = _save_nifti(
-            out / f"truth_{name}.nii.gz", values.reshape(shape), _PERFUSION_AFFINE
-        )
+    paths.update(_save_truths(out, truth, shape))
     return paths
 
 
@@ -578,7 +584,7 @@ def write_asl_phantom(
         "mask": _save_nifti(
             out / "sub-01_mask.nii.gz", np.ones(shape), _PERFUSION_AFFINE, label=True
         ),
-        "truth_cbf": _save_nifti(out / "truth_cbf.nii.gz", cbf.reshape(shape), _PERFUSION_AFFINE),
+        **_save_truths(out, {"cbf": cbf}, shape),
     }
     paths["aslcontext"] = out / "sub-01_aslcontext.tsv"
     paths["aslcontext"].write_text("volume_type\n" + "\n".join(types) + "\n")
