@@ -20,7 +20,6 @@ worker died, or a resumed run all give the same bytes.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -486,7 +485,6 @@ def track_to_zarr(
             f"rng: track_to_zarr needs a fixed non-negative integer key (resumes and retries "
             f"must draw the same streams), got {rng}"
         )
-    import dask
 
     options: dict[str, Any] = {
         "method": method,
@@ -501,10 +499,9 @@ def track_to_zarr(
         "rng": int(rng),
         "n_threads": 1,  # one batch per worker thread
     }
-    reading = _opened_from_zarr(fields) and _opened_from_zarr(stopping.image)
-    # Fields read from a store are read here by threads, not moved through a cluster.
-    with dask.config.set(scheduler="threads") if reading else contextlib.nullcontext():
-        job = plan_tracking(fields, stopping, seeds, **options)
+    # Fields that only read a zarr store are read here by threads (api._values), not moved
+    # through a cluster.
+    job = plan_tracking(fields, stopping, seeds, **options)
     arrays, voxels, ids, params = job.fields, job.seeds_voxel, job.seed_ids, job.params
     stop_map, affine = arrays.stop_map, job.affine
     described = {
